@@ -1,0 +1,2 @@
+//! CNI 1.1 client.
+#![deny(unsafe_code)]

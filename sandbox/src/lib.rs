@@ -1,0 +1,4 @@
+//! Every call crius makes into the kernel, behind small safe APIs.
+//!
+//! `unsafe` is allowed only in the modules that say so, each block with a `// SAFETY:` line.
+#![deny(unsafe_code)]
