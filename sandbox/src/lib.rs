@@ -2,3 +2,6 @@
 //!
 //! `unsafe` is allowed only in the modules that say so, each block with a `// SAFETY:` line.
 #![deny(unsafe_code)]
+
+pub mod cgroup;
+pub mod sysctl;
