@@ -5,3 +5,11 @@
 
 pub mod cgroup;
 pub mod sysctl;
+
+#[allow(unsafe_code)]
+mod sys;
+
+pub mod mount;
+pub mod ns;
+pub mod pause;
+pub mod process;

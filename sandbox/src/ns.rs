@@ -1,0 +1,175 @@
+//! Pinning a process's namespaces by bind-mounting /proc/<pid>/ns/<kind> onto a file, so the
+//! namespace outlives the process (CNI_NETNS, `ip netns exec`, joining from container init).
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+
+use crate::mount;
+
+/// The namespaces a pause holds for its pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NsKind {
+    Net,
+    Ipc,
+    Uts,
+    Pid,
+}
+
+impl NsKind {
+    /// The name under /proc/<pid>/ns/.
+    pub fn proc_name(self) -> &'static str {
+        match self {
+            NsKind::Net => "net",
+            NsKind::Ipc => "ipc",
+            NsKind::Uts => "uts",
+            NsKind::Pid => "pid",
+        }
+    }
+
+    /// /proc/<pid>/ns/<kind>.
+    pub fn proc_path(self, pid: i32) -> PathBuf {
+        PathBuf::from(format!("/proc/{pid}/ns/{}", self.proc_name()))
+    }
+}
+
+/// Errors from binding namespaces.
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    #[error("create {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("inspect {path}")]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("bind-mount {source_path} onto {target}")]
+    Bind {
+        source_path: PathBuf,
+        target: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("{target} already holds a different namespace")]
+    AlreadyBound { target: PathBuf },
+    #[error("unmount {path}")]
+    Unmount {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("remove {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Bind-mounts `pid`'s `kind` namespace onto `target` (parent directories and an empty file
+/// are created). Binding the same namespace again is a no-op; a different one is an error.
+///
+/// `pid` must be a process that cannot be reused under us (e.g. our unreaped child).
+pub fn bind(pid: i32, kind: NsKind, target: &Path) -> Result<(), NsError> {
+    let source_path = kind.proc_path(pid);
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).map_err(|source| NsError::Create {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    if mount::is_mountpoint(target) {
+        let stat = |p: &Path| {
+            fs::metadata(p).map_err(|source| NsError::Stat {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let (want, have) = (stat(&source_path)?, stat(target)?);
+        if (want.dev(), want.ino()) == (have.dev(), have.ino()) {
+            return Ok(());
+        }
+        return Err(NsError::AlreadyBound {
+            target: target.to_path_buf(),
+        });
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o444)
+        .open(target)
+        .map_err(|source| NsError::Create {
+            path: target.to_path_buf(),
+            source,
+        })?;
+    nix::mount::mount(
+        Some(&source_path),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|source| NsError::Bind {
+        source_path,
+        target: target.to_path_buf(),
+        source,
+    })
+}
+
+/// Detaches the namespace mount at `target` and removes the file. Missing, or not mounted,
+/// is fine: this is safe to repeat.
+pub fn unbind(target: &Path) -> Result<(), NsError> {
+    mount::detach_all(target).map_err(|source| NsError::Unmount {
+        path: target.to_path_buf(),
+        source,
+    })?;
+    match fs::remove_file(target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(NsError::Remove {
+            path: target.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_names() {
+        let names: Vec<_> = [NsKind::Net, NsKind::Ipc, NsKind::Uts, NsKind::Pid]
+            .iter()
+            .map(|k| k.proc_name())
+            .collect();
+        assert_eq!(names, ["net", "ipc", "uts", "pid"]);
+        assert_eq!(NsKind::Net.proc_path(42), Path::new("/proc/42/ns/net"));
+    }
+
+    #[test]
+    fn unbind_missing_is_ok() {
+        let d = tempfile::tempdir().unwrap();
+        unbind(&d.path().join("nothing-here")).unwrap();
+    }
+
+    #[test]
+    fn unbind_plain_file_removes_it() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("netns");
+        fs::write(&f, b"").unwrap();
+        unbind(&f).unwrap();
+        assert!(!f.exists());
+    }
+}
