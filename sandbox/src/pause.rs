@@ -73,8 +73,8 @@ pub enum PauseError {
         hostname: String,
         reason: &'static str,
     },
-    #[error("invalid sysctl {key:?}: {reason}")]
-    InvalidSysctl { key: String, reason: &'static str },
+    #[error("sysctl refused")]
+    InvalidSysctl(#[source] crate::sysctl::SysctlError),
     #[error("invalid argument for the pause binary: {0:?} contains a NUL byte")]
     NulByte(String),
     #[error("prepare to spawn pause: {what}")]
@@ -99,52 +99,6 @@ pub enum PauseError {
     NoStartTime { pid: i32 },
 }
 
-/// The /proc/sys path components of a sysctl key, in either Kubernetes form: dotted
-/// (`net.ipv4.conf.eth0/100.rp_filter`, where `/` stands for a literal `.`) or slashed
-/// (`net/ipv4/conf/eth0.100/rp_filter`); the first separator decides.
-fn sysctl_components(key: &str) -> Result<Vec<String>, &'static str> {
-    if !key
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'))
-    {
-        return Err("only letters, digits, '_', '-', '.' and '/' are allowed");
-    }
-    let slashed = key
-        .find(['.', '/'])
-        .is_some_and(|i| key.as_bytes()[i] == b'/');
-    let parts: Vec<String> = if slashed {
-        key.split('/').map(str::to_string).collect()
-    } else {
-        key.split('.').map(|p| p.replace('/', ".")).collect()
-    };
-    if parts.len() < 2 || parts.iter().any(|p| p.is_empty() || p == "." || p == "..") {
-        return Err("must be at least two non-empty names, none of them '.' or '..'");
-    }
-    Ok(parts)
-}
-
-/// The namespace a sysctl lives in, if the kernel namespaces it at all.
-fn sysctl_namespace(parts: &[String]) -> Option<NsNeeded> {
-    let first = |s: &str| parts.first().is_some_and(|p| p == s);
-    if first("net") {
-        Some(NsNeeded::Net)
-    } else if (first("kernel")
-        && parts.len() == 2
-        && (parts[1].starts_with("shm") || parts[1].starts_with("msg") || parts[1] == "sem"))
-        || (first("fs") && parts.len() == 3 && parts[1] == "mqueue")
-    {
-        Some(NsNeeded::Ipc)
-    } else {
-        None
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NsNeeded {
-    Net,
-    Ipc,
-}
-
 /// Checks what the pause would otherwise apply to the host's namespaces.
 fn validate(spec: &PauseSpec) -> Result<(), PauseError> {
     if let Some(h) = &spec.hostname {
@@ -167,28 +121,22 @@ fn validate(spec: &PauseSpec) -> Result<(), PauseError> {
             });
         }
     }
+    // One rule for what may be written, shared with the agent's request validation: crate::sysctl.
+    let ns = crate::sysctl::SysctlNamespaces {
+        host_network: !spec.new_net,
+        host_ipc: !spec.new_ipc,
+    };
     for (key, value) in &spec.sysctls {
-        let bad = |reason| PauseError::InvalidSysctl {
-            key: key.clone(),
-            reason,
-        };
-        let parts = sysctl_components(key).map_err(bad)?;
-        match sysctl_namespace(&parts) {
-            None => {
-                return Err(bad(
-                    "not a namespaced sysctl (only net.*, kernel.shm*/msg*/sem, fs.mqueue.*)",
-                ));
-            }
-            Some(NsNeeded::Net) if !spec.new_net => {
-                return Err(bad("net.* needs a new network namespace"));
-            }
-            Some(NsNeeded::Ipc) if !spec.new_ipc => {
-                return Err(bad("IPC sysctls need a new IPC namespace"));
-            }
-            Some(_) => {}
-        }
-        if value.contains('\0') || value.contains('\n') {
-            return Err(bad("value must not contain NUL or newline"));
+        crate::sysctl::validate(key, value, ns).map_err(PauseError::InvalidSysctl)?;
+        // kernel.hostname/domainname would rename the host without a UTS namespace of our own.
+        if !spec.new_uts
+            && crate::sysctl::namespace_of(key).map_err(PauseError::InvalidSysctl)?
+                == crate::sysctl::SysctlNamespace::Uts
+        {
+            return Err(PauseError::InvalidHostname {
+                hostname: key.clone(),
+                reason: "UTS sysctls need a new UTS namespace",
+            });
         }
     }
     Ok(())
@@ -203,7 +151,7 @@ fn build_argv(spec: &PauseSpec) -> Vec<Vec<u8>> {
         argv.push(h.as_bytes().to_vec());
     }
     for (k, v) in &spec.sysctls {
-        let path = sysctl_components(k).map_or_else(|_| k.clone(), |p| p.join("/"));
+        let path = crate::sysctl::components(k).map_or_else(|_| k.clone(), |p| p.join("/"));
         argv.push(b"--sysctl".to_vec());
         argv.push(format!("{path}={v}").into_bytes());
     }
@@ -529,17 +477,11 @@ mod tests {
         ));
         s.hostname = None;
         s.sysctls = vec![("net.core.somaxconn".into(), "1024".into())];
-        assert!(matches!(
-            validate(&s),
-            Err(PauseError::InvalidSysctl { .. })
-        ));
+        assert!(matches!(validate(&s), Err(PauseError::InvalidSysctl(_))));
         s.new_net = true;
         assert!(validate(&s).is_ok());
         s.sysctls = vec![("kernel.msgmax".into(), "1".into())];
-        assert!(matches!(
-            validate(&s),
-            Err(PauseError::InvalidSysctl { .. })
-        ));
+        assert!(matches!(validate(&s), Err(PauseError::InvalidSysctl(_))));
         s.new_ipc = true;
         assert!(validate(&s).is_ok());
     }
@@ -553,12 +495,11 @@ mod tests {
             "net.ipv4/../../x",
             "net.a b",
             "vm.swappiness",
-            "kernel.hostname",
             ".net.x",
         ] {
             s.sysctls = vec![(key.into(), "1".into())];
             assert!(
-                matches!(validate(&s), Err(PauseError::InvalidSysctl { .. })),
+                matches!(validate(&s), Err(PauseError::InvalidSysctl(_))),
                 "key {key:?}"
             );
         }
@@ -577,34 +518,20 @@ mod tests {
     }
 
     #[test]
-    fn sysctl_keys_in_both_forms() {
-        let p = |k| sysctl_components(k).map(|v| v.join("/"));
-        assert_eq!(p("net.ipv4.ip_forward").unwrap(), "net/ipv4/ip_forward");
-        assert_eq!(p("net/ipv4/ip_forward").unwrap(), "net/ipv4/ip_forward");
-        assert_eq!(
-            p("net.ipv4.conf.eth0/100.rp_filter").unwrap(),
-            "net/ipv4/conf/eth0.100/rp_filter"
+    fn sysctl_keys_reach_pause_in_slashed_form() {
+        let mut s = PauseSpec::new("/p");
+        s.new_net = true;
+        s.new_uts = true;
+        s.sysctls = vec![("net.ipv4.conf.eth0/100.rp_filter".into(), "1".into())];
+        assert!(validate(&s).is_ok());
+        let argv: Vec<String> = build_argv(&s)
+            .into_iter()
+            .map(|a| String::from_utf8(a).unwrap())
+            .collect();
+        assert!(
+            argv.contains(&"net/ipv4/conf/eth0.100/rp_filter=1".to_string()),
+            "{argv:?}"
         );
-        assert_eq!(
-            p("net/ipv4/conf/eth0.100/rp_filter").unwrap(),
-            "net/ipv4/conf/eth0.100/rp_filter"
-        );
-        for bad in [
-            "net/../x",
-            "net//x",
-            "net.x.",
-            "net",
-            "net/ipv4/./x",
-            "a b.c",
-        ] {
-            assert!(p(bad).is_err(), "{bad:?}");
-        }
-        let ns = |k| sysctl_namespace(&sysctl_components(k).unwrap());
-        assert_eq!(ns("net/core/somaxconn"), Some(NsNeeded::Net));
-        assert_eq!(ns("kernel.sem"), Some(NsNeeded::Ipc));
-        assert_eq!(ns("fs.mqueue.msg_max"), Some(NsNeeded::Ipc));
-        assert_eq!(ns("kernel.shm.x"), None);
-        assert_eq!(ns("fs.mqueue"), None);
     }
 
     #[test]
