@@ -54,7 +54,8 @@ done
 [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout must be a positive number of seconds"
 QEMU=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 not found: run e2e/vm/vm-setup.sh"
 BUSYBOX=$(command -v busybox) || die "busybox not found: run e2e/vm/vm-setup.sh"
-"$BUSYBOX" --list | grep -qx switch_root || die "$BUSYBOX lacks switch_root: install busybox-static"
+# The initramfs has no libc: busybox must be the static one.
+[[ $(ldd "$BUSYBOX" 2>&1) == *"not a dynamic executable"* ]] || die "$BUSYBOX is not static: install busybox-static"
 [ -L "$CACHE/current" ] || die "no VM kernel in $CACHE: run e2e/vm/vm-setup.sh (or make setup)"
 KDIR=$(realpath "$CACHE/current")
 KVER=$(basename "$KDIR")
