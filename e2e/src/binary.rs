@@ -12,7 +12,7 @@ pub fn crius() -> anyhow::Result<PathBuf> {
         if !path.is_file() {
             bail!("CRIUS_BIN={} does not exist", path.display());
         }
-        return Ok(path);
+        return canonical(path);
     }
     let path = target_dir().join("debug").join("crius");
     if !path.is_file() {
@@ -21,7 +21,13 @@ pub fn crius() -> anyhow::Result<PathBuf> {
             path.display()
         );
     }
-    Ok(path)
+    canonical(path)
+}
+
+/// The resolved path, as `/proc/<pid>/exe` shows it (crius finds crius-pause next to its resolved self).
+fn canonical(path: PathBuf) -> anyhow::Result<PathBuf> {
+    std::fs::canonicalize(&path)
+        .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", path.display()))
 }
 
 /// `crius-pause` next to `crius` (what crius itself uses when `pause_binary` is not configured).
