@@ -1,0 +1,350 @@
+//! The CRI gRPC services: thin wrappers that convert, call the domain, convert back.
+
+mod convert;
+mod status;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crius_proto::v1::{
+    self, image_service_server::ImageService, runtime_service_server::RuntimeService,
+};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::error::Error;
+use crate::runtime::Runtime;
+
+/// Both CRI services on one value (they share the runtime).
+#[derive(Clone)]
+pub struct Cri {
+    rt: Arc<Runtime>,
+}
+
+impl Cri {
+    pub fn new(rt: Arc<Runtime>) -> Cri {
+        Cri { rt }
+    }
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+/// Runs one RPC inside its span: method, ids, latency and outcome are logged once here.
+async fn rpc<T, F>(method: &'static str, pod: &str, fut: F) -> R<T>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    let span = tracing::info_span!("rpc", method, pod = %pod);
+    let start = Instant::now();
+    let out = fut.instrument(span.clone()).await;
+    let _e = span.enter();
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    match out {
+        Ok(v) => {
+            tracing::debug!(latency_ms = ms, "ok");
+            Ok(Response::new(v))
+        }
+        Err(e) => {
+            let status = status::to_status(&e);
+            match status.code() {
+                tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::DeadlineExceeded => {
+                    tracing::error!(latency_ms = ms, code = ?status.code(), error = %status.message(), "failed")
+                }
+                _ => {
+                    tracing::info!(latency_ms = ms, code = ?status.code(), error = %status.message(), "rejected")
+                }
+            }
+            Err(status)
+        }
+    }
+}
+
+fn unimplemented<T>(method: &'static str) -> R<T> {
+    tracing::debug!(method, "unimplemented RPC called");
+    Err(status::to_status(&Error::Unimplemented(method)))
+}
+
+#[tonic::async_trait]
+impl RuntimeService for Cri {
+    async fn version(&self, _req: Request<v1::VersionRequest>) -> R<v1::VersionResponse> {
+        rpc("Version", "", async {
+            Ok(v1::VersionResponse {
+                version: "0.1.0".into(),
+                runtime_name: "crius".into(),
+                runtime_version: env!("CARGO_PKG_VERSION").into(),
+                runtime_api_version: "v1".into(),
+            })
+        })
+        .await
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        req: Request<v1::RunPodSandboxRequest>,
+    ) -> R<v1::RunPodSandboxResponse> {
+        let req = req.into_inner();
+        let name = req
+            .config
+            .as_ref()
+            .and_then(|c| c.metadata.as_ref())
+            .map(|m| format!("{}/{}", m.namespace, m.name))
+            .unwrap_or_default();
+        rpc("RunPodSandbox", &name, async {
+            let spec = convert::pod_spec(req)?;
+            let id = self.rt.pods.run(spec).await?;
+            Ok(v1::RunPodSandboxResponse { pod_sandbox_id: id })
+        })
+        .await
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        req: Request<v1::StopPodSandboxRequest>,
+    ) -> R<v1::StopPodSandboxResponse> {
+        let id = req.into_inner().pod_sandbox_id;
+        rpc("StopPodSandbox", &id, async {
+            self.rt.pods.stop(&id).await?;
+            Ok(v1::StopPodSandboxResponse {})
+        })
+        .await
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<v1::RemovePodSandboxRequest>,
+    ) -> R<v1::RemovePodSandboxResponse> {
+        let id = req.into_inner().pod_sandbox_id;
+        rpc("RemovePodSandbox", &id, async {
+            self.rt.pods.remove(&id).await?;
+            Ok(v1::RemovePodSandboxResponse {})
+        })
+        .await
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<v1::PodSandboxStatusRequest>,
+    ) -> R<v1::PodSandboxStatusResponse> {
+        let req = req.into_inner();
+        rpc("PodSandboxStatus", &req.pod_sandbox_id, async {
+            let rec = self.rt.pods.get(&req.pod_sandbox_id)?;
+            Ok(v1::PodSandboxStatusResponse {
+                status: Some(convert::pod_status(&rec)),
+                info: if req.verbose {
+                    convert::pod_info(&rec)
+                } else {
+                    Default::default()
+                },
+                containers_statuses: Vec::new(),
+                timestamp: crate::pod::now_nanos(),
+            })
+        })
+        .await
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        req: Request<v1::ListPodSandboxRequest>,
+    ) -> R<v1::ListPodSandboxResponse> {
+        let filter = convert::pod_filter(req.into_inner().filter);
+        rpc("ListPodSandbox", "", async {
+            let pods = self.rt.pods.list(&filter);
+            Ok(v1::ListPodSandboxResponse {
+                items: pods.iter().map(convert::pod_sandbox).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn status(&self, req: Request<v1::StatusRequest>) -> R<v1::StatusResponse> {
+        let verbose = req.into_inner().verbose;
+        rpc("Status", "", async { Ok(self.rt.status(verbose)) }).await
+    }
+
+    async fn runtime_config(
+        &self,
+        _req: Request<v1::RuntimeConfigRequest>,
+    ) -> R<v1::RuntimeConfigResponse> {
+        rpc("RuntimeConfig", "", async {
+            let driver = match self.rt.config.cgroup.driver {
+                crate::config::Driver::Systemd => v1::CgroupDriver::Systemd,
+                crate::config::Driver::Cgroupfs => v1::CgroupDriver::Cgroupfs,
+            };
+            Ok(v1::RuntimeConfigResponse {
+                linux: Some(v1::LinuxRuntimeConfiguration {
+                    cgroup_driver: driver as i32,
+                }),
+            })
+        })
+        .await
+    }
+
+    async fn update_runtime_config(
+        &self,
+        req: Request<v1::UpdateRuntimeConfigRequest>,
+    ) -> R<v1::UpdateRuntimeConfigResponse> {
+        let cidr = req
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        rpc("UpdateRuntimeConfig", "", async {
+            // Pod addressing comes from the CNI config; the CIDR kubelet hands out is only noted.
+            tracing::info!(pod_cidr = %cidr, "kubelet announced the node's pod CIDR");
+            Ok(v1::UpdateRuntimeConfigResponse {})
+        })
+        .await
+    }
+
+    async fn create_container(
+        &self,
+        _r: Request<v1::CreateContainerRequest>,
+    ) -> R<v1::CreateContainerResponse> {
+        unimplemented("CreateContainer")
+    }
+    async fn start_container(
+        &self,
+        _r: Request<v1::StartContainerRequest>,
+    ) -> R<v1::StartContainerResponse> {
+        unimplemented("StartContainer")
+    }
+    async fn stop_container(
+        &self,
+        _r: Request<v1::StopContainerRequest>,
+    ) -> R<v1::StopContainerResponse> {
+        unimplemented("StopContainer")
+    }
+    async fn remove_container(
+        &self,
+        _r: Request<v1::RemoveContainerRequest>,
+    ) -> R<v1::RemoveContainerResponse> {
+        unimplemented("RemoveContainer")
+    }
+    async fn list_containers(
+        &self,
+        _r: Request<v1::ListContainersRequest>,
+    ) -> R<v1::ListContainersResponse> {
+        unimplemented("ListContainers")
+    }
+    async fn container_status(
+        &self,
+        _r: Request<v1::ContainerStatusRequest>,
+    ) -> R<v1::ContainerStatusResponse> {
+        unimplemented("ContainerStatus")
+    }
+    async fn update_container_resources(
+        &self,
+        _r: Request<v1::UpdateContainerResourcesRequest>,
+    ) -> R<v1::UpdateContainerResourcesResponse> {
+        unimplemented("UpdateContainerResources")
+    }
+    async fn reopen_container_log(
+        &self,
+        _r: Request<v1::ReopenContainerLogRequest>,
+    ) -> R<v1::ReopenContainerLogResponse> {
+        unimplemented("ReopenContainerLog")
+    }
+    async fn exec_sync(&self, _r: Request<v1::ExecSyncRequest>) -> R<v1::ExecSyncResponse> {
+        unimplemented("ExecSync")
+    }
+    async fn exec(&self, _r: Request<v1::ExecRequest>) -> R<v1::ExecResponse> {
+        unimplemented("Exec")
+    }
+    async fn attach(&self, _r: Request<v1::AttachRequest>) -> R<v1::AttachResponse> {
+        unimplemented("Attach")
+    }
+    async fn port_forward(
+        &self,
+        _r: Request<v1::PortForwardRequest>,
+    ) -> R<v1::PortForwardResponse> {
+        unimplemented("PortForward")
+    }
+    async fn container_stats(
+        &self,
+        _r: Request<v1::ContainerStatsRequest>,
+    ) -> R<v1::ContainerStatsResponse> {
+        unimplemented("ContainerStats")
+    }
+    async fn list_container_stats(
+        &self,
+        _r: Request<v1::ListContainerStatsRequest>,
+    ) -> R<v1::ListContainerStatsResponse> {
+        unimplemented("ListContainerStats")
+    }
+    async fn pod_sandbox_stats(
+        &self,
+        _r: Request<v1::PodSandboxStatsRequest>,
+    ) -> R<v1::PodSandboxStatsResponse> {
+        unimplemented("PodSandboxStats")
+    }
+    async fn list_pod_sandbox_stats(
+        &self,
+        _r: Request<v1::ListPodSandboxStatsRequest>,
+    ) -> R<v1::ListPodSandboxStatsResponse> {
+        unimplemented("ListPodSandboxStats")
+    }
+    async fn checkpoint_container(
+        &self,
+        _r: Request<v1::CheckpointContainerRequest>,
+    ) -> R<v1::CheckpointContainerResponse> {
+        unimplemented("CheckpointContainer")
+    }
+
+    type GetContainerEventsStream = Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<v1::ContainerEventResponse, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    async fn get_container_events(
+        &self,
+        _r: Request<v1::GetEventsRequest>,
+    ) -> R<Self::GetContainerEventsStream> {
+        unimplemented("GetContainerEvents")
+    }
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<v1::ListMetricDescriptorsRequest>,
+    ) -> R<v1::ListMetricDescriptorsResponse> {
+        unimplemented("ListMetricDescriptors")
+    }
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<v1::ListPodSandboxMetricsRequest>,
+    ) -> R<v1::ListPodSandboxMetricsResponse> {
+        unimplemented("ListPodSandboxMetrics")
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for Cri {
+    async fn list_images(&self, _r: Request<v1::ListImagesRequest>) -> R<v1::ListImagesResponse> {
+        unimplemented("ListImages")
+    }
+    async fn image_status(
+        &self,
+        _r: Request<v1::ImageStatusRequest>,
+    ) -> R<v1::ImageStatusResponse> {
+        unimplemented("ImageStatus")
+    }
+    async fn pull_image(&self, _r: Request<v1::PullImageRequest>) -> R<v1::PullImageResponse> {
+        unimplemented("PullImage")
+    }
+    async fn remove_image(
+        &self,
+        _r: Request<v1::RemoveImageRequest>,
+    ) -> R<v1::RemoveImageResponse> {
+        unimplemented("RemoveImage")
+    }
+    async fn image_fs_info(
+        &self,
+        _r: Request<v1::ImageFsInfoRequest>,
+    ) -> R<v1::ImageFsInfoResponse> {
+        unimplemented("ImageFsInfo")
+    }
+}

@@ -1,0 +1,268 @@
+//! Pod sandboxes: the domain behind RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus and
+//! ListPodSandbox.
+
+pub mod files;
+pub mod record;
+mod run;
+pub mod spec;
+mod teardown;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crius_sandbox::cgroup::{CgroupDriver, CgroupManager};
+use tokio::sync::Mutex as AsyncMutex;
+
+use self::record::{PodRecord, PodState};
+use self::spec::{PodKey, PodSpec};
+use crate::config::{Config, Driver};
+use crate::error::{Error, Result};
+use crate::network::Network;
+use crate::store::{PODS, Store};
+
+/// A filter for ListPodSandbox; all set parts must match.
+#[derive(Debug, Default, Clone)]
+pub struct PodFilter {
+    pub id: Option<String>,
+    pub state: Option<PodState>,
+    pub labels: BTreeMap<String, String>,
+}
+
+type PodSlot = Arc<AsyncMutex<PodRecord>>;
+
+/// The pod sandbox service.
+pub struct Pods {
+    config: Config,
+    driver: CgroupDriver,
+    store: Arc<Store>,
+    cgroups: Option<CgroupManager>,
+    network: Network,
+    pods: Mutex<HashMap<String, PodSlot>>,
+    /// The last saved copy of every record: Status and List read these without waiting for a busy pod.
+    snapshots: Mutex<HashMap<String, PodRecord>>,
+    /// Reserved names: taken before any work starts so two identical requests cannot both proceed.
+    names: Mutex<HashMap<PodKey, String>>,
+    /// Serializes creating and removing cgroup directories (a shared parent may be created by one pod while another
+    /// removes it).
+    cgroup_lock: AsyncMutex<()>,
+}
+
+impl Pods {
+    pub fn new(config: Config, store: Arc<Store>, cgroups: Option<CgroupManager>) -> Pods {
+        let driver = match config.cgroup.driver {
+            Driver::Cgroupfs => CgroupDriver::Cgroupfs,
+            Driver::Systemd => CgroupDriver::Systemd,
+        };
+        let network = Network::new(&config);
+        Pods {
+            config,
+            driver,
+            store,
+            cgroups,
+            network,
+            pods: Mutex::new(HashMap::new()),
+            snapshots: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+            cgroup_lock: AsyncMutex::new(()),
+        }
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// Loads the records of a previous run: finished pods come back as they were, pods caught halfway through
+    /// RunPodSandbox are undone.
+    pub async fn recover(&self) -> Result<()> {
+        let records: Vec<PodRecord> = self.store.list(PODS)?;
+        for mut rec in records {
+            if rec.state == PodState::Creating {
+                tracing::warn!(pod = %rec.id, "undoing a RunPodSandbox interrupted by a restart");
+                if let Err(e) = self.teardown(&mut rec).await {
+                    tracing::error!(pod = %rec.id, error = %crate::error::chain(&e), "cannot undo interrupted pod; keeping it NotReady");
+                    rec.state = PodState::NotReady;
+                    self.save(&rec)?;
+                } else {
+                    self.remove_leftovers(&mut rec).await?;
+                    continue;
+                }
+            }
+            lock(&self.names).insert(rec.spec.key(), rec.id.clone());
+            lock(&self.snapshots).insert(rec.id.clone(), rec.clone());
+            lock(&self.pods).insert(rec.id.clone(), Arc::new(AsyncMutex::new(rec)));
+        }
+        Ok(())
+    }
+
+    /// RunPodSandbox: returns the id once the pod is Ready; on failure everything done so far is undone.
+    pub async fn run(self: &Arc<Self>, mut spec: PodSpec) -> Result<String> {
+        spec.validate()?;
+        let key = spec.key();
+        let id = new_id();
+        {
+            let mut names = lock(&self.names);
+            if let Some(existing) = names.get(&key) {
+                return Err(Error::AlreadyExists {
+                    kind: "pod sandbox",
+                    name: key.to_string(),
+                    id: existing.clone(),
+                });
+            }
+            names.insert(key.clone(), id.clone());
+        }
+        // The work runs in its own task: a client that gives up (deadline, cancel) must not leave half a pod.
+        let this = Arc::clone(self);
+        let task_id = id.clone();
+        let handle = tokio::spawn(async move { this.create(task_id, spec).await });
+        let outcome = match handle.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::sandbox("RunPodSandbox task", e)),
+        };
+        if outcome.is_err() {
+            lock(&self.names).remove(&key);
+        }
+        outcome.map(|()| id)
+    }
+
+    /// StopPodSandbox: kills everything in the pod, releases its network. Unknown ids succeed.
+    pub async fn stop(self: &Arc<Self>, id: &str) -> Result<()> {
+        let Some(slot) = self.find(id)? else {
+            return Ok(());
+        };
+        let this = Arc::clone(self);
+        let handle = tokio::spawn(async move {
+            let mut rec = slot.lock().await;
+            this.teardown(&mut rec).await?;
+            rec.state = PodState::NotReady;
+            this.save(&rec)?;
+            Ok(())
+        });
+        handle
+            .await
+            .map_err(|e| Error::sandbox("StopPodSandbox task", e))?
+    }
+
+    /// RemovePodSandbox: stops the pod if needed and removes every trace of it. Unknown ids succeed.
+    pub async fn remove(self: &Arc<Self>, id: &str) -> Result<()> {
+        let Some(slot) = self.find(id)? else {
+            return Ok(());
+        };
+        let this = Arc::clone(self);
+        let handle = tokio::spawn(async move {
+            let mut rec = slot.lock().await;
+            if lock(&this.pods).get(&rec.id).is_none() {
+                return Ok(()); // removed by a concurrent call while we waited
+            }
+            this.teardown(&mut rec).await?;
+            this.remove_leftovers(&mut rec).await?;
+            lock(&this.pods).remove(&rec.id);
+            lock(&this.names).remove(&rec.spec.key());
+            Ok(())
+        });
+        handle
+            .await
+            .map_err(|e| Error::sandbox("RemovePodSandbox task", e))?
+    }
+
+    /// A copy of one pod's record (the last saved state; never waits for a busy pod).
+    pub fn get(&self, id: &str) -> Result<PodRecord> {
+        self.resolve(id)?
+            .and_then(|full| lock(&self.snapshots).get(&full).cloned())
+            .ok_or_else(|| Error::NotFound {
+                kind: "pod sandbox",
+                id: id.to_owned(),
+            })
+    }
+
+    /// Pods matching the filter (pods still being created are not listed).
+    pub fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
+        let mut out: Vec<PodRecord> = lock(&self.snapshots)
+            .values()
+            .filter(|rec| rec.state != PodState::Creating)
+            .filter(|rec| {
+                filter
+                    .id
+                    .as_ref()
+                    .is_none_or(|want| rec.id.starts_with(want.as_str()))
+            })
+            .filter(|rec| filter.state.is_none_or(|s| s == rec.observed_state()))
+            .filter(|rec| {
+                filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| rec.spec.labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| r.created_at);
+        out
+    }
+
+    /// Persists a record (durable when this returns) and refreshes its snapshot.
+    fn save(&self, rec: &PodRecord) -> Result<()> {
+        self.store.put(PODS, &rec.id, rec)?;
+        lock(&self.snapshots).insert(rec.id.clone(), rec.clone());
+        Ok(())
+    }
+
+    /// Deletes a record and its snapshot.
+    fn forget(&self, id: &str) -> Result<()> {
+        self.store.delete(PODS, id)?;
+        lock(&self.snapshots).remove(id);
+        Ok(())
+    }
+
+    /// The slot of an exact id or a unique prefix of one.
+    fn find(&self, id: &str) -> Result<Option<PodSlot>> {
+        Ok(self
+            .resolve(id)?
+            .and_then(|full| lock(&self.pods).get(&full).cloned()))
+    }
+
+    /// The full id for an exact id or a unique prefix of one (what crictl users type).
+    fn resolve(&self, id: &str) -> Result<Option<String>> {
+        if id.is_empty() {
+            return Err(Error::invalid("pod_sandbox_id", "must not be empty"));
+        }
+        let pods = lock(&self.pods);
+        if pods.contains_key(id) {
+            return Ok(Some(id.to_owned()));
+        }
+        let mut matches = pods.keys().filter(|k| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some(full), None) => Ok(Some(full.clone())),
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "pod_sandbox_id",
+                format!("{id:?} is a prefix of more than one pod sandbox id"),
+            )),
+            (None, _) => Ok(None),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these maps leaves them consistent (single inserts/removes), so poisoning is moot.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A new 64-hex-digit id, as kubelet and crictl expect.
+fn new_id() -> String {
+    let mut bytes = [0u8; 32];
+    if let Err(e) = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+    {
+        // Never expected on Linux; fall back to time and pid entropy rather than failing the pod.
+        tracing::warn!(error = %e, "cannot read /dev/urandom for a pod id");
+        let t = now_nanos() as u128 ^ ((std::process::id() as u128) << 64);
+        bytes[..16].copy_from_slice(&t.to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(1)
+}

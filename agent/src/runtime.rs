@@ -1,0 +1,153 @@
+//! The runtime: configuration, state store, cgroup manager and the domain services, built once at startup.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crius_proto::v1;
+use crius_sandbox::cgroup::CgroupManager;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::pod::Pods;
+use crate::store::Store;
+
+/// Limits crius can set, by the cgroup v2 controller that enforces them.
+pub const LIMIT_CONTROLLERS: [&str; 6] = ["cpu", "cpuset", "memory", "pids", "hugetlb", "io"];
+
+pub struct Runtime {
+    pub config: Config,
+    pub pods: Arc<Pods>,
+    /// What the cgroup tree allows, said once at startup and in Status.
+    pub cgroup_report: CgroupReport,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CgroupReport {
+    pub mount: Option<PathBuf>,
+    pub usable_controllers: Vec<String>,
+    pub unenforceable: Vec<String>,
+    pub problem: Option<String>,
+}
+
+impl CgroupReport {
+    pub fn of(cg: &std::result::Result<CgroupManager, String>) -> CgroupReport {
+        match cg {
+            Ok(m) => {
+                let usable = m.usable_controllers();
+                let unenforceable = LIMIT_CONTROLLERS
+                    .iter()
+                    .filter(|c| !usable.iter().any(|u| u == *c))
+                    .map(|c| c.to_string())
+                    .collect();
+                CgroupReport {
+                    mount: Some(m.root().to_owned()),
+                    usable_controllers: usable,
+                    unenforceable,
+                    problem: None,
+                }
+            }
+            Err(e) => CgroupReport {
+                mount: None,
+                usable_controllers: Vec::new(),
+                unenforceable: LIMIT_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
+                problem: Some(e.clone()),
+            },
+        }
+    }
+}
+
+/// The cgroup v2 manager for this config: the configured mount, or detection.
+pub fn cgroup_manager(config: &Config) -> std::result::Result<CgroupManager, String> {
+    let m = if config.cgroup.mount.as_os_str().is_empty() {
+        CgroupManager::detect()
+    } else {
+        CgroupManager::with_root(config.cgroup.mount.clone())
+    };
+    m.map_err(|e| crate::error::chain(&e))
+}
+
+impl Runtime {
+    pub async fn new(config: Config) -> Result<Runtime> {
+        std::fs::create_dir_all(&config.root)
+            .map_err(|e| Error::sandbox(format!("create {}", config.root.display()), e))?;
+        let store = Arc::new(Store::open(&config.root)?);
+        let cg = cgroup_manager(&config);
+        let cgroup_report = CgroupReport::of(&cg);
+        match &cgroup_report.problem {
+            Some(p) => {
+                tracing::warn!(problem = %p, "no cgroup v2 hierarchy: pods run without cgroups")
+            }
+            None if !cgroup_report.unenforceable.is_empty() => tracing::warn!(
+                mount = ?cgroup_report.mount,
+                usable = ?cgroup_report.usable_controllers,
+                "cgroup v2 controllers missing: {} limits cannot be enforced on this host",
+                cgroup_report.unenforceable.join(", ")
+            ),
+            None => tracing::info!(mount = ?cgroup_report.mount, "cgroup v2 with all controllers"),
+        }
+        let pods = Arc::new(Pods::new(config.clone(), store, cg.ok()));
+        pods.recover().await?;
+        Ok(Runtime {
+            config,
+            pods,
+            cgroup_report,
+        })
+    }
+
+    pub fn status(&self, verbose: bool) -> v1::StatusResponse {
+        let runtime_ready = v1::RuntimeCondition {
+            r#type: "RuntimeReady".into(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        };
+        let network = self.pods.network().readiness();
+        let network_ready = match &network {
+            Ok(_) => v1::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Err((reason, message)) => v1::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: reason.clone(),
+                message: message.clone(),
+            },
+        };
+        let info = if verbose {
+            let info = serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "root": self.config.root,
+                "state": self.config.state,
+                "cgroupDriver": self.config.cgroup.driver,
+                "cgroup": self.cgroup_report,
+                "network": match &network { Ok(origin) => origin.clone(), Err((_, m)) => m.clone() },
+                "cniPluginDirs": self.config.network.plugin_dirs,
+                "config": self.config,
+            });
+            [("info".to_owned(), info.to_string())]
+                .into_iter()
+                .collect()
+        } else {
+            Default::default()
+        };
+        v1::StatusResponse {
+            status: Some(v1::RuntimeStatus {
+                conditions: vec![runtime_ready, network_ready],
+            }),
+            info,
+            runtime_handlers: vec![v1::RuntimeHandler {
+                name: String::new(),
+                features: Some(v1::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            }],
+            features: Some(v1::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
+        }
+    }
+}
