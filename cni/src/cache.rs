@@ -93,8 +93,11 @@ pub(crate) fn read(
     container_id: &str,
     ifname: &str,
 ) -> Result<Option<CachedAttachment>, CniError> {
-    let p = path(cache_dir, net, container_id, ifname);
-    let bytes = match std::fs::read(&p) {
+    read_path(&path(cache_dir, net, container_id, ifname))
+}
+
+fn read_path(p: &Path) -> Result<Option<CachedAttachment>, CniError> {
+    let bytes = match std::fs::read(p) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(CniError::io(format!("read cni cache {}", p.display()), e)),
@@ -114,6 +117,41 @@ pub(crate) fn read(
         config: r.config,
         result,
     }))
+}
+
+/// Every readable record of network `net` (records of other networks sharing the name prefix
+/// are told apart by their content); unreadable ones are skipped with a warning.
+pub(crate) fn list(cache_dir: &Path, net: &str) -> Result<Vec<CachedAttachment>, CniError> {
+    let dir = cache_dir.join("results");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(CniError::io(
+                format!("read cni cache dir {}", dir.display()),
+                e,
+            ));
+        }
+    };
+    let prefix = format!("{net}-");
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| CniError::io(format!("read cni cache dir {}", dir.display()), e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !name.starts_with(&prefix) {
+            continue;
+        }
+        match read_path(&entry.path()) {
+            Ok(Some(a)) if a.network_name == net => found.push(a),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "skipping unreadable cni cache record"),
+        }
+    }
+    found.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+    Ok(found)
 }
 
 /// Removes a record; a missing one is fine.

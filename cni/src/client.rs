@@ -205,6 +205,69 @@ impl Cni {
         Ok(())
     }
 
+    /// GC (spec 1.1): DELs every cached attachment of `net` that is not in `valid` (pairs of
+    /// container id and ifname), using the cached list, netns and args; then, for lists of
+    /// version 1.1 or later without `disableGC`, runs GC on each plugin with
+    /// `cni.dev/valid-attachments`. Every step is attempted; the first error is returned.
+    /// Must not run concurrently with ADD or DEL on the same network.
+    pub async fn gc(
+        &self,
+        net: &NetworkConfigList,
+        valid: &[(String, String)],
+    ) -> Result<(), CniError> {
+        let mut first_err = None;
+        for stale in self.cached_attachments(&net.name).await? {
+            if valid
+                .iter()
+                .any(|(id, ifname)| *id == stale.container_id && *ifname == stale.ifname)
+            {
+                continue;
+            }
+            let att = Attachment {
+                container_id: stale.container_id.clone(),
+                netns: stale.netns.clone(),
+                ifname: stale.ifname.clone(),
+                args: stale.cni_args.clone(),
+                runtime_config: Default::default(),
+            };
+            tracing::info!(network = %net.name, container_id = %att.container_id, ifname = %att.ifname,
+                "cni gc: deleting stale attachment");
+            if let Err(e) = self.del(&stale.config, &att).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        if !net.disable_gc && version::of(&net.cni_version) >= Version::V1_1_0 {
+            let attachments: Vec<Value> = valid
+                .iter()
+                .map(|(id, ifname)| serde_json::json!({"containerID": id, "ifname": ifname}))
+                .collect();
+            let mut extra = Map::new();
+            extra.insert(
+                "cni.dev/valid-attachments".into(),
+                Value::Array(attachments),
+            );
+            let none = Attachment::default();
+            for plugin in &net.plugins {
+                if let Err(e) = self
+                    .invoke_with("GC", net, plugin, &none, &Map::new(), None, &extra)
+                    .await
+                {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Every cached attachment of the network `net_name` (unreadable records are skipped with a warning).
+    pub async fn cached_attachments(
+        &self,
+        net_name: &str,
+    ) -> Result<Vec<CachedAttachment>, CniError> {
+        let (dir, name) = (self.cache_dir.clone(), net_name.to_owned());
+        blocking(move || cache::list(&dir, &name)).await
+    }
+
     /// The config and result persisted by the last successful ADD of this attachment.
     pub fn cached(
         &self,
@@ -243,13 +306,32 @@ impl Cni {
         offers: &Map<String, Value>,
         prev: Option<&Value>,
     ) -> Result<Vec<u8>, CniError> {
+        self.invoke_with(command, net, plugin, att, offers, prev, &Map::new())
+            .await
+    }
+
+    /// [`Cni::invoke`] with extra top-level keys in the plugin's stdin config.
+    #[allow(clippy::too_many_arguments)]
+    async fn invoke_with(
+        &self,
+        command: &'static str,
+        net: &NetworkConfigList,
+        plugin: &PluginConf,
+        att: &Attachment,
+        offers: &Map<String, Value>,
+        prev: Option<&Value>,
+        extra: &Map<String, Value>,
+    ) -> Result<Vec<u8>, CniError> {
         let path =
             self.find_plugin(&plugin.plugin_type)
                 .ok_or_else(|| CniError::PluginNotFound {
                     plugin: plugin.plugin_type.clone(),
                     dirs: self.plugin_dirs.clone(),
                 })?;
-        let stdin = plugin_stdin(net, plugin, offers, prev);
+        let mut stdin = plugin_stdin(net, plugin, offers, prev);
+        if let Some(obj) = stdin.as_object_mut() {
+            obj.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         let cni_args = att.cni_args();
         tracing::debug!(command, network = %net.name, plugin = %plugin.plugin_type,
             container_id = %att.container_id, ifname = %att.ifname, "running cni plugin");
@@ -257,7 +339,7 @@ impl Cni {
             plugin: &plugin.plugin_type,
             path: &path,
             command,
-            per_attachment: command != "STATUS",
+            per_attachment: !matches!(command, "STATUS" | "GC"),
             container_id: &att.container_id,
             netns: &att.netns,
             ifname: &att.ifname,

@@ -470,3 +470,70 @@ async fn status_runs_plugins_only_from_1_1_without_attachment_env() {
         Err(CniError::PluginNotFound { .. })
     ));
 }
+
+#[tokio::test]
+async fn gc_deletes_stale_cached_attachments_then_runs_plugin_gc() {
+    let fake = Fake::new(&[("a", "version=1.1.0"), ("b", "version=1.1.0")]);
+    let cni = fake.cni(SECOND);
+    let net = list("1.1.0", json!([{"type": "a"}, {"type": "b"}]));
+    let att = |id: &str, ifname: &str| Attachment {
+        container_id: id.into(),
+        ifname: ifname.into(),
+        ..attachment()
+    };
+    for (id, ifname) in [("pod1", "eth0"), ("pod2", "eth0"), ("pod1", "eth1")] {
+        cni.add(&net, &att(id, ifname)).await.unwrap();
+    }
+    // another network's record that shares the name prefix is not touched
+    let other = parse_conflist(
+        br#"{"cniVersion":"1.1.0","name":"testnet-x","plugins":[{"type":"a"}]}"#,
+        None,
+    )
+    .unwrap();
+    cni.add(&other, &att("pod9", "eth0")).await.unwrap();
+    fake.clear_log();
+
+    cni.gc(&net, &[("pod1".into(), "eth0".into())])
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.calls(),
+        ["b DEL", "a DEL", "b DEL", "a DEL", "a GC", "b GC"]
+    );
+    let remaining: Vec<_> = cni
+        .cached_attachments("testnet")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.container_id, c.ifname))
+        .collect();
+    assert_eq!(remaining, [("pod1".to_owned(), "eth0".to_owned())]);
+    assert!(cni.cached("testnet-x", "pod9", "eth0").is_some());
+    let gc = fake.stdin("a", "GC");
+    assert_eq!(
+        gc["cni.dev/valid-attachments"],
+        json!([{"containerID": "pod1", "ifname": "eth0"}])
+    );
+    assert!(gc.get("prevResult").is_none());
+    let env = fake.env("a", "GC");
+    assert_eq!(env["CNI_COMMAND"], "GC");
+    assert!(!env.contains_key("CNI_CONTAINERID"), "{env:?}");
+    // the stale DELs used the cached netns and args
+    assert_eq!(fake.env("a", "DEL")["CNI_NETNS"], "/run/netns/fake");
+    assert_eq!(
+        fake.env("a", "DEL")["CNI_ARGS"],
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web"
+    );
+
+    // Before 1.1 there is no GC verb: only the stale attachments are deleted.
+    let old = list("1.0.0", json!([{"type": "a"}]));
+    cni.add(&old, &att("pod5", "eth0")).await.unwrap();
+    fake.clear_log();
+    cni.gc(&old, &[]).await.unwrap();
+    assert_eq!(
+        fake.calls(),
+        ["b DEL", "a DEL", "a DEL"],
+        "pod1 with its cached two-plugin list, then pod5 with its one-plugin list"
+    );
+    assert!(cni.cached_attachments("testnet").await.unwrap().is_empty());
+}
