@@ -84,10 +84,7 @@ impl Cni {
         att: &Attachment,
     ) -> Result<CniResult, CniError> {
         att.validate(true)?;
-        if self
-            .cached(&net.name, &att.container_id, &att.ifname)
-            .is_some()
-        {
+        if self.read_cache(&net.name, att).await.is_some() {
             tracing::warn!(network = %net.name, container_id = %att.container_id, ifname = %att.ifname,
                 "cni ADD for an attachment that is still cached (no DEL since the last ADD); replacing the cache");
         }
