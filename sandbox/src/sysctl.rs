@@ -24,9 +24,10 @@
 //! `.` inside a component (`net.ipv4.conf.eth0/100.rp_filter`), in a slashed key dots are literal.
 //!
 //! Values: crius writes a value with a single `write(2)` to the one `/proc/sys` file the key names, never
-//! through sysctl(8) or a `key=value` file, so no character of a value can address another key: `=`, `+`,
-//! spaces and tabs are passed to the kernel, which parses them for that one file (vectors such as
-//! `net.ipv4.tcp_rmem = "4096 87380 6291456"` need the spaces). Refused are `\0` (the kernel stops at it and
+//! through sysctl(8) or a `key=value` file. Spaces and tabs are passed to the kernel, which parses them for
+//! that one file (vectors such as `net.ipv4.tcp_rmem = "4096 87380 6291456"` need the spaces). `+` and `=` are
+//! refused: no namespaced sysctl takes them and they are the shape of a smuggled second sysctl
+//! (CVE-2022-0811, `1+kernel.core_pattern=...`). Also refused are `\0` (the kernel stops at it and
 //! would silently apply a truncated value) and every other ASCII control character except tab, notably `\n`
 //! and `\r` (the kernel treats a newline as the end of a string value and drops the rest; a value with a
 //! line break is a mistake or an attempt to inject a second line into something that logs or stores it).
@@ -315,6 +316,12 @@ fn validate_value(key: &str, value: &str) -> Result<(), SysctlError> {
     if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
         return invalid("it contains a control character");
     }
+    // `k=v+k2=v2` is how CRI-O once passed several sysctls in one argument (CVE-2022-0811): a value carrying
+    // '+' or '=' is an attempt to smuggle a second sysctl. crius passes each one separately, but no namespaced
+    // sysctl takes such a value, so refusing it costs nothing and stops the trick at the door for every consumer.
+    if value.contains(['+', '=']) {
+        return invalid("it contains '+' or '=' (a second sysctl smuggled into the value)");
+    }
     Ok(())
 }
 
@@ -469,17 +476,19 @@ mod tests {
     }
 
     #[test]
-    fn values_reject_control_characters_but_keep_separators() {
+    fn values_reject_control_characters_and_smuggled_sysctls() {
         let key = "net.ipv4.tcp_rmem";
         assert_eq!(validate(key, "4096 87380 6291456", POD), Ok(()));
         assert_eq!(validate(key, "4096\t87380\t6291456", POD), Ok(()));
         assert_eq!(validate("kernel.hostname", "", POD), Ok(()));
-        assert_eq!(
-            validate(key, "1+net.x=y", POD),
-            Ok(()),
-            "'+' and '=' only reach this one file"
-        );
-        for value in ["1\nnet.core.rmem_max=1", "1\r", "1\0", "1\x1b[0m"] {
+        for value in [
+            "1\nnet.core.rmem_max=1",
+            "1\r",
+            "1\0",
+            "1\x1b[0m",
+            "1+kernel.core_pattern=|/x",
+            "1=2",
+        ] {
             assert!(
                 matches!(
                     validate(key, value, POD),
