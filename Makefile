@@ -6,9 +6,9 @@ CARGO ?= cargo
 APT_PACKAGES := protobuf-compiler containernetworking-plugins iproute2 iptables util-linux \
 	busybox-static qemu-system-x86 xz-utils ca-certificates
 
-.PHONY: setup setup-packages vm-setup build release run test lint unit e2e vm-test
+.PHONY: setup setup-packages setup-python vm-setup build release run test lint unit e2e vm-test
 
-setup: setup-packages vm-setup
+setup: setup-packages setup-python vm-setup
 
 setup-packages:
 	@missing=(); for p in $(APT_PACKAGES); do \
@@ -18,6 +18,10 @@ setup-packages:
 	  echo "setup: installing $${missing[*]}"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$${missing[@]}"; \
 	fi
+
+# grpcio for the independent CRI client test (e2e/python/cri_client.py), from PyPI.
+setup-python:
+	@python3 -c 'import grpc, grpc_tools' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
 
 vm-setup: setup-packages
 	e2e/vm/vm-setup.sh --no-apt
