@@ -86,6 +86,13 @@ impl Pods {
             None => std::fs::read(&self.config.pod.resolv_conf).unwrap_or_default(),
         };
         write(&dir.join("resolv.conf"), &resolv)?;
+        // Containers' log files go there; kubelet owns (and removes) the directory, as with containerd.
+        if !rec.spec.log_directory.is_empty() {
+            let logs = std::path::Path::new(&rec.spec.log_directory);
+            std::fs::create_dir_all(logs).map_err(|e| {
+                Error::sandbox(format!("create log directory {}", logs.display()), e)
+            })?;
+        }
 
         // 2. The pod cgroup (limits and overhead), and the sandbox's own child cgroup for pause.
         if let Some(cg) = &self.cgroups {

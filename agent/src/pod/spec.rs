@@ -139,6 +139,14 @@ impl PodSpec {
                 )
             })?;
         }
+        if !self.log_directory.is_empty()
+            && !std::path::Path::new(&self.log_directory).is_absolute()
+        {
+            return Err(Error::invalid(
+                "config.log_directory",
+                format!("{:?} is not an absolute path", self.log_directory),
+            ));
+        }
         if let Some(dns) = &self.dns {
             for (i, s) in dns.servers.iter().enumerate() {
                 if s.parse::<std::net::IpAddr>().is_err() {
