@@ -343,6 +343,14 @@ impl Crius {
     pub fn serve_command(&self) -> Command {
         let mut cmd = self.command();
         cmd.arg("serve").arg("--config").arg(&self.paths.config);
+        // crius' own debug logs without the HTTP/2 frame chatter, and no colour codes in the log file.
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env(
+                "RUST_LOG",
+                "info,crius=debug,crius_sandbox=debug,crius_cni=debug",
+            );
+        }
+        cmd.env("NO_COLOR", "1");
         cmd
     }
 
