@@ -294,10 +294,15 @@ impl Crius {
     /// Sends SIGTERM and waits for crius to exit; returns its exit status. Pods keep running. Panics if crius
     /// is not running or does not exit within [`STOP_TIMEOUT`] (it is then killed).
     pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with(Signal::SIGTERM)
+    }
+
+    /// Like [`Crius::stop`] with another signal (e.g. SIGINT).
+    pub fn stop_with(&mut self, signal: Signal) -> ExitStatus {
         self.channel = None;
         let mut child = self.child.take().expect("crius is not running");
         let pid = child.id() as i32;
-        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("cannot SIGTERM crius");
+        kill(Pid::from_raw(pid), signal).expect("cannot signal crius");
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             match child.try_wait() {

@@ -728,12 +728,14 @@ async fn invalid_requests_name_the_field_and_leave_nothing() {
     c.assert_no_leaks().await;
 }
 
-/// A CNI plugin that fails every ADD (code 7) and logs each call to `@DIR@/e2e-fail.calls`.
+/// A CNI plugin that fails every ADD (code 7). It logs each call to `@DIR@/e2e-fail.calls` and keeps the
+/// environment and stdin of the ADD in `@DIR@/e2e-fail.ADD.env` / `.json`.
 const FAILING_PLUGIN: &str = r#"#!/bin/sh
 echo "$CNI_COMMAND $CNI_CONTAINERID" >> "@DIR@/e2e-fail.calls"
 case "$CNI_COMMAND" in
 ADD)
-  cat >/dev/null
+  env | grep '^CNI_' > "@DIR@/e2e-fail.ADD.env"
+  cat > "@DIR@/e2e-fail.ADD.json"
   echo '{"cniVersion":"1.0.0","code":7,"msg":"e2e induced failure","details":"this plugin fails every ADD"}'
   exit 1 ;;
 VERSION)
@@ -746,14 +748,21 @@ exit 0
 
 #[tokio::test]
 async fn failing_cni_plugin_is_named_and_everything_is_undone() {
-    let conflist = bridge_conflist("e2e-fail-net", &[serde_json::json!({"type": "e2e-fail"})]);
+    let plugin = serde_json::json!({"type": "e2e-fail", "capabilities": {"portMappings": true}});
+    let conflist = bridge_conflist("e2e-fail-net", &[plugin]);
     let c = Crius::start(
         Options::new()
             .plugin("e2e-fail", FAILING_PLUGIN)
             .conflist("10-e2e-fail.conflist", &conflist),
     )
     .await;
-    let cfg = c.pod_config("cni-fail");
+    let mut cfg = c.pod_config("cni-fail");
+    cfg.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: 31234,
+        host_ip: "127.0.0.1".into(),
+    }];
     let uid = uid_of(&cfg);
     let err = c
         .run_pod(cfg)
@@ -769,7 +778,8 @@ async fn failing_cni_plugin_is_named_and_everything_is_undone() {
         "the plugin's msg is lost: {}",
         err.message()
     );
-    let calls = std::fs::read_to_string(c.paths().dir.join("e2e-fail.calls")).unwrap_or_default();
+    let dir = &c.paths().dir;
+    let calls = std::fs::read_to_string(dir.join("e2e-fail.calls")).unwrap_or_default();
     let add = calls
         .lines()
         .find(|l| l.starts_with("ADD "))
@@ -779,6 +789,49 @@ async fn failing_cni_plugin_is_named_and_everything_is_undone() {
         calls.lines().any(|l| l == format!("DEL {container}")),
         "no DEL after the failed ADD:\n{calls}"
     );
+
+    // What the plugin was given: the CNI environment, the config with prevResult and runtimeConfig.
+    let env = std::fs::read_to_string(dir.join("e2e-fail.ADD.env")).unwrap();
+    let var = |name: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} not set for the plugin:\n{env}"))
+            .to_string()
+    };
+    assert_eq!(var("CNI_IFNAME"), "eth0");
+    assert!(
+        Path::new(&var("CNI_NETNS")).starts_with(c.paths().state.join("netns")),
+        "CNI_NETNS {}",
+        var("CNI_NETNS")
+    );
+    assert!(var("CNI_PATH").contains(c.paths().plugin_dir.to_str().unwrap()));
+    let args: Vec<String> = var("CNI_ARGS").split(';').map(str::to_string).collect();
+    for want in [
+        "IgnoreUnknown=1".to_string(),
+        "K8S_POD_NAMESPACE=e2e".to_string(),
+        "K8S_POD_NAME=cni-fail".to_string(),
+        format!("K8S_POD_INFRA_CONTAINER_ID={container}"),
+        format!("K8S_POD_UID={uid}"),
+    ] {
+        assert!(args.contains(&want), "CNI_ARGS lacks {want}: {args:?}");
+    }
+    let stdin: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("e2e-fail.ADD.json")).unwrap())
+            .expect("the plugin's stdin is not JSON");
+    assert_eq!(stdin["name"], "e2e-fail-net");
+    assert_eq!(stdin["type"], "e2e-fail");
+    assert!(stdin["cniVersion"].is_string(), "{stdin}");
+    assert!(
+        stdin["prevResult"]["ips"].is_array(),
+        "no prevResult from bridge: {stdin}"
+    );
+    let pm = &stdin["runtimeConfig"]["portMappings"];
+    assert_eq!(
+        pm,
+        &serde_json::json!([{"hostPort": 31234, "containerPort": 8080, "protocol": "tcp", "hostIP": "127.0.0.1"}]),
+        "runtimeConfig: {stdin}"
+    );
+
     assert!(c.list_pods(None).await.unwrap().is_empty());
     assert!(
         !c.pod_cgroup_dir(&uid).exists(),
@@ -962,6 +1015,62 @@ async fn port_mappings_become_hostport_rules() {
     assert!(
         !rules.contains(&id),
         "hostport rules left for {id}:\n{rules}"
+    );
+    c.assert_no_leaks().await;
+}
+
+fn ifb_devices() -> BTreeSet<String> {
+    let out = procfs::run("ip", &["-o", "link", "show", "type", "ifb"]).expect("ip link");
+    out.lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn bandwidth_annotations_shape_the_pod_traffic() {
+    let c = Crius::start(Options::new()).await;
+    let ifb_before = ifb_devices();
+    let mut cfg = c.pod_config("shaped");
+    cfg.annotations = labels(&[
+        ("kubernetes.io/ingress-bandwidth", "10M"),
+        ("kubernetes.io/egress-bandwidth", "20M"),
+    ]);
+    let id = c
+        .run_pod(cfg)
+        .await
+        .expect("RunPodSandbox with bandwidth annotations");
+    let ports = c.bridge_ports().unwrap();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    // "5: veth1234@if2: <...> ..." -> veth1234
+    let veth = ports[0]
+        .split(':')
+        .nth(1)
+        .and_then(|n| n.trim().split('@').next())
+        .unwrap()
+        .to_string();
+    let qdisc = procfs::run("tc", &["qdisc", "show", "dev", &veth]).unwrap();
+    assert!(
+        qdisc.contains("tbf"),
+        "no token bucket on {veth} for ingress:\n{qdisc}"
+    );
+    let new_ifb: Vec<String> = ifb_devices().difference(&ifb_before).cloned().collect();
+    assert_eq!(
+        new_ifb.len(),
+        1,
+        "no ifb device for egress shaping: {new_ifb:?}"
+    );
+    let ifb_qdisc = procfs::run("tc", &["qdisc", "show", "dev", &new_ifb[0]]).unwrap();
+    assert!(
+        ifb_qdisc.contains("tbf"),
+        "no token bucket on {} for egress:\n{ifb_qdisc}",
+        new_ifb[0]
+    );
+    c.stop_and_remove(&id).await;
+    assert!(
+        !Path::new("/sys/class/net").join(&new_ifb[0]).exists(),
+        "ifb {} left after remove",
+        new_ifb[0]
     );
     c.assert_no_leaks().await;
 }

@@ -11,7 +11,7 @@ use crius_e2e::v1::{
     self, CgroupDriver, ImageFsInfoRequest, ListContainersRequest, ListImagesRequest,
     PullImageRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
 };
-use crius_e2e::{Crius, Driver, Options, client};
+use crius_e2e::{Crius, Driver, Options, bridge_conflist, client};
 use tonic::Code;
 
 fn condition(resp: &v1::StatusResponse, kind: &str) -> v1::RuntimeCondition {
@@ -99,6 +99,44 @@ async fn network_not_ready_without_plugins() {
         .expect_err("a pod ran without CNI plugins");
     assert_ne!(err.code(), Code::Ok);
     c.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn status_and_check_say_which_network_config_is_used() {
+    // No conflist: the embedded default on the instance's bridge.
+    let c = Crius::start(Options::new()).await;
+    let info: String = status(&c, true).await.info.into_values().collect();
+    assert!(
+        info.contains("embedded") && info.contains(c.bridge()),
+        "verbose Status does not say the embedded default is used: {info}"
+    );
+    let (_, lines) = check_output(&c);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ok") && l.contains("embedded")),
+        "crius check does not say the embedded default is used: {lines:#?}"
+    );
+    drop(c);
+
+    // A conflist in conf_dir: that file.
+    let c = Crius::start(
+        Options::new().conflist("10-mine.conflist", &bridge_conflist("e2e-mine", &[])),
+    )
+    .await;
+    let file = c.paths().conf_dir.join("10-mine.conflist");
+    let info: String = status(&c, true).await.info.into_values().collect();
+    assert!(
+        info.contains(file.to_str().unwrap()),
+        "verbose Status does not name {}: {info}",
+        file.display()
+    );
+    let (_, lines) = check_output(&c);
+    assert!(
+        lines.iter().any(|l| l.contains(file.to_str().unwrap())),
+        "crius check does not name {}: {lines:#?}",
+        file.display()
+    );
 }
 
 #[tokio::test]
@@ -275,6 +313,23 @@ async fn sigterm_leaves_pods_running_and_a_restart_adopts_them() {
         !procfs::is_alive(pause),
         "pause {pause} survived StopPodSandbox after a restart"
     );
+    c.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn sigint_also_stops_gracefully_and_leaves_pods() {
+    let mut c = Crius::start(Options::new()).await;
+    let id = c.run_pod(c.pod_config("int")).await.expect("RunPodSandbox");
+    let pause = c.pod_status(&id).await.unwrap().pid().unwrap();
+    let exit = c.stop_with(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(exit.code(), Some(0), "crius exited with {exit} on SIGINT");
+    assert!(procfs::is_alive(pause), "pause died with crius");
+    assert!(
+        !c.paths().socket.exists(),
+        "socket left after a graceful stop"
+    );
+    c.launch().await.expect("restart");
+    c.stop_and_remove(&id).await;
     c.assert_no_leaks().await;
 }
 
