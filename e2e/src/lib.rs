@@ -14,8 +14,10 @@
 //! ```
 //!
 //! Stable API (used by other test files, e.g. `tests/vm_cgroup.rs`):
-//! - [`Crius::start`], [`Crius::try_start`], [`Crius::prepare`] + [`Crius::launch`], [`Crius::stop`] (SIGTERM,
-//!   returns the exit status), [`Crius::kill`]; `Drop` kills crius and removes everything left.
+//! - [`Crius::start`], [`Crius::try_start`], [`Crius::prepare`] + [`Crius::launch`] (also to restart),
+//!   [`Crius::stop`] (SIGTERM, returns the exit status), [`Crius::stop_with`], [`Crius::kill`],
+//!   [`Crius::serve_command`]; `Drop` kills crius and removes everything left, printing crius' log when the
+//!   test failed.
 //! - [`Options`]: [`Options::driver`], [`Options::set`] (dotted key, raw TOML value), [`Options::base_config`],
 //!   [`Options::conflist`], [`Options::plugin`], [`Options::stale_socket`]; [`bridge_conflist`]; placeholders
 //!   `@DIR@ @BRIDGE@ @SUBNET@ @GATEWAY@ @IPAM_DIR@ @PLUGIN_DIR@` in strings given to them.
