@@ -15,7 +15,9 @@ use serde::de::DeserializeOwned;
 pub struct Table(TableDefinition<'static, &'static str, &'static [u8]>);
 
 pub const PODS: Table = Table(TableDefinition::new("pods"));
-const ALL_TABLES: [Table; 1] = [PODS];
+/// cgroup directories crius created (key: the cgroup path); only these are ever removed again.
+pub const CGROUPS: Table = Table(TableDefinition::new("cgroups"));
+const ALL_TABLES: [Table; 2] = [PODS, CGROUPS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -101,6 +103,19 @@ impl Store {
         txn.commit().map_err(|e| db_err("commit")(e.into()))
     }
 
+    /// Whether a key is present.
+    pub fn contains(&self, table: Table, key: &str) -> Result<bool, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| db_err("begin")(e.into()))?;
+        let t = txn
+            .open_table(table.0)
+            .map_err(|e| db_err("open table")(e.into()))?;
+        let found = t.get(key).map_err(|e| db_err("read")(e.into()))?.is_some();
+        Ok(found)
+    }
+
     /// Every record of a table.
     pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<T>, StoreError> {
         let txn = self
@@ -168,6 +183,7 @@ mod tests {
             .unwrap();
             s.delete(PODS, "b").unwrap();
             s.delete(PODS, "missing").unwrap();
+            s.put(CGROUPS, "/a/b", &true).unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         let all: Vec<Rec> = s.list(PODS).unwrap();

@@ -19,7 +19,7 @@ use self::spec::{PodKey, PodSpec};
 use crate::config::{Config, Driver};
 use crate::error::{Error, Result};
 use crate::network::Network;
-use crate::store::{PODS, Store};
+use crate::store::{CGROUPS, PODS, Store};
 
 /// A filter for ListPodSandbox; all set parts must match.
 #[derive(Debug, Default, Clone)]
@@ -203,6 +203,14 @@ impl Pods {
     fn save(&self, rec: &PodRecord) -> Result<()> {
         self.store.put(PODS, &rec.id, rec)?;
         lock(&self.snapshots).insert(rec.id.clone(), rec.clone());
+        Ok(())
+    }
+
+    /// Remembers cgroup directories crius created, so that whichever pod leaves last removes them.
+    fn own_cgroups(&self, dirs: &[crius_sandbox::cgroup::CgroupPath]) -> Result<()> {
+        for d in dirs {
+            self.store.put(CGROUPS, &d.to_string(), &true)?;
+        }
         Ok(())
     }
 

@@ -115,6 +115,13 @@ impl Pods {
                 sandbox: sandbox.clone(),
                 created: created.clone(),
             });
+            // Ownership is recorded before the directories exist: a crash in between must not orphan them.
+            let missing: Vec<_> = sandbox
+                .lineage()
+                .into_iter()
+                .filter(|d| !cg.exists(d))
+                .collect();
+            self.own_cgroups(&missing)?;
             // The pod cgroup only holds child cgroups, so it may pass controllers down (create_parent).
             let made = cg.create_parent(&pod).map_err(|e| {
                 Error::sandbox(

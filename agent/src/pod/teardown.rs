@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 use super::Pods;
 use super::record::PodRecord;
 use crate::error::{Error, Result};
+use crate::store::CGROUPS;
 
 /// How long processes of a stopped pod may take to disappear after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -82,11 +83,18 @@ impl Pods {
     pub(super) async fn remove_leftovers(&self, rec: &mut PodRecord) -> Result<()> {
         if let (Some(cg), Some(c)) = (&self.cgroups, &rec.cgroup) {
             let _guard = self.cgroup_lock.lock().await;
-            // Deepest first. A parent we created may since have been shared by other pods (pods of one QoS class
-            // under one parent): it stays while it holds other cgroups.
-            let mut dirs = c.created.dirs.clone();
-            dirs.sort_by_key(|d| std::cmp::Reverse(d.depth()));
-            for dir in dirs {
+            // Deepest first, every directory crius created on the way up (the sandbox cgroup, the pod cgroup, its
+            // parents), whichever pod created it: pods of one QoS class share parents, and a second attempt of a
+            // pod shares the first one's pod cgroup. A directory still holding other cgroups stays for its last
+            // user; one crius did not create is never touched.
+            for dir in c.sandbox.lineage().into_iter().rev() {
+                let key = dir.to_string();
+                if !self.store.contains(CGROUPS, &key)? {
+                    if cg.exists(&dir) {
+                        break;
+                    }
+                    continue;
+                }
                 if has_child_cgroups(&cg.absolute(&dir)) {
                     break;
                 }
@@ -97,6 +105,7 @@ impl Pods {
                     .map_err(|e| {
                         Error::sandbox(format!("remove cgroup {}", cg.absolute(&dir).display()), e)
                     })?;
+                self.store.delete(CGROUPS, &key)?;
             }
         }
         rec.cgroup = None;
