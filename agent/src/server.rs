@@ -19,6 +19,8 @@ use crate::runtime::Runtime;
 
 /// kubelet's limit, both ways (tonic's default of 4 MiB is too small for big ListContainers answers).
 const MAX_MESSAGE: usize = 16 << 20;
+/// How long a stopping crius waits for in-flight RPCs.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     for dir in [&config.root, &config.state] {
@@ -41,26 +43,37 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping; pods keep running"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping; pods keep running"),
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                RuntimeServiceServer::new(cri.clone())
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+            )
+            .add_service(
+                ImageServiceServer::new(cri)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+            )
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            }),
+    );
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping; pods keep running"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping; pods keep running"),
+    }
+    let _ = stop_tx.send(());
+    // In-flight RPCs get a moment to finish; kubelet keeps its connection open forever, so the wait is bounded.
+    // Work cut short here is recorded as in progress and finished or undone at the next start.
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(result)) => result.context("gRPC server failed")?,
+        Ok(Err(join)) => return Err(join).context("gRPC server task failed"),
+        Err(_) => {
+            tracing::info!(grace = ?SHUTDOWN_GRACE, "clients still connected after the grace period; exiting")
         }
-    };
-    tonic::transport::Server::builder()
-        .add_service(
-            RuntimeServiceServer::new(cri.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            ImageServiceServer::new(cri)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-        .context("gRPC server failed")?;
+    }
     let _ = std::fs::remove_file(&config.listen);
     tracing::info!("stopped");
     Ok(())
