@@ -5,6 +5,8 @@ mod check;
 mod config;
 mod error;
 mod grpc;
+#[allow(dead_code)] // the ImageService (issue 3) is wired up next
+mod image;
 mod network;
 mod pod;
 mod runtime;
