@@ -12,8 +12,13 @@ pub enum Error {
     /// The request is malformed; `field` is the protobuf path of the offending field.
     #[error("invalid {field}: {reason}")]
     InvalidArgument { field: String, reason: String },
-    #[error("{kind} {id:?} not found")]
-    NotFound { kind: &'static str, id: String },
+    /// An unknown id; `field` is the request field that carried it.
+    #[error("{kind} not found: {field} {id:?} matches none")]
+    NotFound {
+        kind: &'static str,
+        field: &'static str,
+        id: String,
+    },
     #[error("{kind} {name} already exists as {id}")]
     AlreadyExists {
         kind: &'static str,

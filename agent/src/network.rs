@@ -9,8 +9,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pod::spec::PodSpec;
 
-const INGRESS_ANNOTATION: &str = "kubernetes.io/ingress-bandwidth";
-const EGRESS_ANNOTATION: &str = "kubernetes.io/egress-bandwidth";
+pub const INGRESS_ANNOTATION: &str = "kubernetes.io/ingress-bandwidth";
+pub const EGRESS_ANNOTATION: &str = "kubernetes.io/egress-bandwidth";
 
 /// The network side of the runtime.
 pub struct Network {
@@ -202,7 +202,7 @@ pub fn pod_ips(result: &CniResult) -> Vec<IpAddr> {
     result.pod_ips("eth0")
 }
 
-fn bandwidth(spec: &PodSpec) -> Result<Option<Bandwidth>> {
+pub fn bandwidth(spec: &PodSpec) -> Result<Option<Bandwidth>> {
     let parse = |key: &str| -> Result<Option<u64>> {
         spec.annotations
             .get(key)

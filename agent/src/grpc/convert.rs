@@ -411,6 +411,20 @@ mod tests {
         spec.hostname.clear();
         spec.validate().unwrap();
         assert_eq!(spec.hostname, "web");
+        let mut spec = pod_spec(request()).unwrap();
+        spec.namespaces.pid = NsMode::Target;
+        assert_eq!(
+            field_of(spec.validate().unwrap_err()),
+            "config.linux.security_context.namespace_options"
+        );
+        let mut spec = pod_spec(request()).unwrap();
+        spec.namespaces.network = NsMode::Node;
+        spec.annotations
+            .insert("kubernetes.io/ingress-bandwidth".into(), "lots".into());
+        assert_eq!(
+            field_of(spec.validate().unwrap_err()),
+            "config.annotations[\"kubernetes.io/ingress-bandwidth\"]"
+        );
     }
 
     #[test]

@@ -79,16 +79,24 @@ impl Pods {
         for mut rec in records {
             if rec.state == PodState::Creating {
                 tracing::warn!(pod = %rec.id, "undoing a RunPodSandbox interrupted by a restart");
-                if let Err(e) = self.teardown(&mut rec).await {
-                    tracing::error!(pod = %rec.id, error = %crate::error::chain(&e), "cannot undo interrupted pod; keeping it NotReady");
-                    rec.state = PodState::NotReady;
-                    self.save(&rec)?;
-                } else {
-                    self.remove_leftovers(&mut rec).await?;
-                    continue;
+                let undone = match self.teardown(&mut rec).await {
+                    Ok(()) => self.remove_leftovers(&mut rec).await,
+                    Err(e) => Err(e),
+                };
+                match undone {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        // One stubborn leftover must not keep crius from starting: keep the pod NotReady, Stop and
+                        // Remove retry what is left.
+                        tracing::error!(pod = %rec.id, error = %crate::error::chain(&e), "cannot undo interrupted pod; keeping it NotReady");
+                        rec.state = PodState::NotReady;
+                        self.save(&rec)?;
+                    }
                 }
             }
-            lock(&self.names).insert(rec.spec.key(), rec.id.clone());
+            lock(&self.names)
+                .entry(rec.spec.key())
+                .or_insert_with(|| rec.id.clone());
             lock(&self.snapshots).insert(rec.id.clone(), rec.clone());
             lock(&self.pods).insert(rec.id.clone(), Arc::new(AsyncMutex::new(rec)));
         }
@@ -114,15 +122,13 @@ impl Pods {
         // The work runs in its own task: a client that gives up (deadline, cancel) must not leave half a pod.
         let this = Arc::clone(self);
         let task_id = id.clone();
+        // The name is released by the task itself when it undoes a failed creation, so a client that gave up
+        // before the end does not leave the name reserved by a pod that no longer exists.
         let handle = tokio::spawn(async move { this.create(task_id, spec).await });
-        let outcome = match handle.await {
-            Ok(r) => r,
+        match handle.await {
+            Ok(r) => r.map(|()| id),
             Err(e) => Err(Error::sandbox("RunPodSandbox task", e)),
-        };
-        if outcome.is_err() {
-            lock(&self.names).remove(&key);
         }
-        outcome.map(|()| id)
     }
 
     /// StopPodSandbox: kills everything in the pod, releases its network. Unknown ids succeed.
@@ -133,6 +139,9 @@ impl Pods {
         let this = Arc::clone(self);
         let handle = tokio::spawn(async move {
             let mut rec = slot.lock().await;
+            if !this.is_current(&rec.id, &slot) {
+                return Ok(()); // removed (or its creation undone) while we waited
+            }
             this.teardown(&mut rec).await?;
             rec.state = PodState::NotReady;
             this.save(&rec)?;
@@ -151,13 +160,13 @@ impl Pods {
         let this = Arc::clone(self);
         let handle = tokio::spawn(async move {
             let mut rec = slot.lock().await;
-            if lock(&this.pods).get(&rec.id).is_none() {
-                return Ok(()); // removed by a concurrent call while we waited
+            if !this.is_current(&rec.id, &slot) {
+                return Ok(()); // removed (or its creation undone) while we waited
             }
             this.teardown(&mut rec).await?;
             this.remove_leftovers(&mut rec).await?;
             lock(&this.pods).remove(&rec.id);
-            lock(&this.names).remove(&rec.spec.key());
+            this.release_name(&rec.spec.key(), &rec.id);
             Ok(())
         });
         handle
@@ -171,6 +180,7 @@ impl Pods {
             .and_then(|full| lock(&self.snapshots).get(&full).cloned())
             .ok_or_else(|| Error::NotFound {
                 kind: "pod sandbox",
+                field: "pod_sandbox_id",
                 id: id.to_owned(),
             })
     }
@@ -204,6 +214,21 @@ impl Pods {
         self.store.put(PODS, &rec.id, rec)?;
         lock(&self.snapshots).insert(rec.id.clone(), rec.clone());
         Ok(())
+    }
+
+    /// Whether `slot` is still the live slot of pod `id` (not removed while its lock was awaited).
+    fn is_current(&self, id: &str, slot: &PodSlot) -> bool {
+        lock(&self.pods)
+            .get(id)
+            .is_some_and(|s| Arc::ptr_eq(s, slot))
+    }
+
+    /// Frees a reserved name, if it is still reserved by this pod.
+    fn release_name(&self, key: &PodKey, id: &str) {
+        let mut names = lock(&self.names);
+        if names.get(key).is_some_and(|held| held == id) {
+            names.remove(key);
+        }
     }
 
     /// Remembers cgroup directories crius created, so that whichever pod leaves last removes them.

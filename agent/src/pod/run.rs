@@ -52,16 +52,22 @@ impl Pods {
             }
             Err(err) => {
                 tracing::warn!(pod = %id, error = %crate::error::chain(&err), "pod sandbox creation failed; undoing");
-                if let Err(e) = self.teardown(&mut rec).await {
-                    tracing::error!(pod = %id, error = %crate::error::chain(&e), "undo failed; the record is kept for a retry");
-                    rec.state = PodState::NotReady;
-                    let _ = self.save(&rec);
-                    return Err(err);
+                let undone = match self.teardown(&mut rec).await {
+                    Ok(()) => self.remove_leftovers(&mut rec).await,
+                    Err(e) => Err(e),
+                };
+                match undone {
+                    Ok(()) => {
+                        lock(&self.pods).remove(&id);
+                        self.release_name(&rec.spec.key(), &id);
+                    }
+                    Err(e) => {
+                        // The pod stays, NotReady, under its name: visible to List, and Stop/Remove retry the rest.
+                        tracing::error!(pod = %id, error = %crate::error::chain(&e), "undo incomplete; keeping the pod NotReady");
+                        rec.state = PodState::NotReady;
+                        let _ = self.save(&rec);
+                    }
                 }
-                if let Err(e) = self.remove_leftovers(&mut rec).await {
-                    tracing::error!(pod = %id, error = %crate::error::chain(&e), "cleanup after failed creation");
-                }
-                lock(&self.pods).remove(&id);
                 Err(err)
             }
         }
@@ -184,46 +190,11 @@ impl Pods {
         });
         self.save(rec)?;
         let pid = pause.pid;
+        // Until its namespaces are pinned by bind mounts, pause stays unreaped: a zombie child's pid cannot be
+        // reused, so `pid` cannot come to name another process's namespaces. The reaper starts right after.
+        let pinned = self.adjust_and_pin(rec, pid, own_net, own_ipc, own_pid);
         reap_when_exits(id.clone(), pause);
-        rec.oom_score_adj = match crius_sandbox::process::set_oom_score_adj(
-            pid,
-            self.config.pod.pause_oom_score_adj,
-        ) {
-            Ok(OomScoreAdj::Set(v)) => v.to_string(),
-            Ok(OomScoreAdj::Clamped {
-                wanted,
-                actual,
-                reason,
-            }) => {
-                tracing::info!(pod = %id, wanted, actual, %reason, "pause oom_score_adj clamped");
-                format!("{actual} (wanted {wanted}: {reason})")
-            }
-            // Never fatal: the pod works with whatever score the kernel kept.
-            Err(e) => {
-                tracing::warn!(pod = %id, error = %crate::error::chain(&e), "cannot set pause oom_score_adj");
-                format!("unknown ({})", crate::error::chain(&e))
-            }
-        };
-
-        // 4. Bind-mount the namespaces so CNI DEL and later joins work even after pause is gone.
-        let mut kinds = Vec::new();
-        if own_net {
-            kinds.push((NsKind::Net, "net", "netns"));
-            kinds.push((NsKind::Uts, "uts", "utsns"));
-        }
-        if own_ipc {
-            kinds.push((NsKind::Ipc, "ipc", "ipcns"));
-        }
-        if own_pid {
-            kinds.push((NsKind::Pid, "pid", "pidns"));
-        }
-        for (kind, name, dir) in kinds {
-            let target = self.config.state.join(dir).join(&id);
-            rec.namespaces.insert(name.to_owned(), target.clone());
-            self.save(rec)?;
-            crius_sandbox::ns::bind(pid, kind, &target)
-                .map_err(|e| Error::sandbox(format!("bind {name} namespace"), e))?;
-        }
+        pinned?;
 
         // 5. /dev/shm for the pod's IPC namespace.
         if own_ipc {
@@ -272,6 +243,57 @@ impl Pods {
             return Err(Error::FailedPrecondition(format!(
                 "pause (pid {pid}) exited while the pod was being set up"
             )));
+        }
+        Ok(())
+    }
+
+    /// pause's oom_score_adj (clamped where the host forbids it) and the namespace bind mounts.
+    fn adjust_and_pin(
+        &self,
+        rec: &mut PodRecord,
+        pid: i32,
+        net: bool,
+        ipc: bool,
+        pidns: bool,
+    ) -> Result<()> {
+        let id = rec.id.clone();
+        rec.oom_score_adj = match crius_sandbox::process::set_oom_score_adj(
+            pid,
+            self.config.pod.pause_oom_score_adj,
+        ) {
+            Ok(OomScoreAdj::Set(v)) => v.to_string(),
+            Ok(OomScoreAdj::Clamped {
+                wanted,
+                actual,
+                reason,
+            }) => {
+                tracing::info!(pod = %id, wanted, actual, %reason, "pause oom_score_adj clamped");
+                format!("{actual} (wanted {wanted}: {reason})")
+            }
+            // Never fatal: the pod works with whatever score the kernel kept.
+            Err(e) => {
+                tracing::warn!(pod = %id, error = %crate::error::chain(&e), "cannot set pause oom_score_adj");
+                format!("unknown ({})", crate::error::chain(&e))
+            }
+        };
+        // Bind-mount the namespaces so CNI DEL and later joins work even after pause is gone.
+        let mut kinds = Vec::new();
+        if net {
+            kinds.push((NsKind::Net, "net", "netns"));
+            kinds.push((NsKind::Uts, "uts", "utsns"));
+        }
+        if ipc {
+            kinds.push((NsKind::Ipc, "ipc", "ipcns"));
+        }
+        if pidns {
+            kinds.push((NsKind::Pid, "pid", "pidns"));
+        }
+        for (kind, name, dir) in kinds {
+            let target = self.config.state.join(dir).join(&id);
+            rec.namespaces.insert(name.to_owned(), target.clone());
+            self.save(rec)?;
+            crius_sandbox::ns::bind(pid, kind, &target)
+                .map_err(|e| Error::sandbox(format!("bind {name} namespace"), e))?;
         }
         Ok(())
     }

@@ -113,7 +113,13 @@ impl PodSpec {
 
     /// Checks what the field-by-field conversion cannot: cross-field rules and sysctls.
     pub fn validate(&mut self) -> Result<()> {
-        if self.namespaces.network == NsMode::Target || self.namespaces.ipc == NsMode::Target {
+        if [
+            self.namespaces.network,
+            self.namespaces.ipc,
+            self.namespaces.pid,
+        ]
+        .contains(&NsMode::Target)
+        {
             return Err(Error::invalid(
                 "config.linux.security_context.namespace_options",
                 "TARGET mode is only valid for containers",
@@ -121,8 +127,8 @@ impl PodSpec {
         }
         if self.own_network() {
             if self.hostname.is_empty() {
-                // kubelet always sends one; crictl users often do not. The pod name is what kubelet would use.
-                self.hostname = self.name.chars().take(63).collect();
+                // kubelet always sends one; crictl users often do not. Derive one from the pod name.
+                self.hostname = hostname_from(&self.name);
             }
             validate_hostname(&self.hostname)
                 .map_err(|reason| Error::invalid("config.hostname", reason))?;
@@ -147,6 +153,8 @@ impl PodSpec {
                 format!("{:?} is not an absolute path", self.log_directory),
             ));
         }
+        // Checked before any work, for every pod (also host-network ones, where they are inert).
+        crate::network::bandwidth(self)?;
         if let Some(dns) = &self.dns {
             for (i, s) in dns.servers.iter().enumerate() {
                 if s.parse::<std::net::IpAddr>().is_err() {
@@ -174,6 +182,27 @@ impl PodSpec {
             }
         }
         Ok(())
+    }
+}
+
+/// A valid host name made from a pod name: lower case, anything but [a-z0-9-] becomes '-', trimmed, at most 63.
+fn hostname_from(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let trimmed = mapped.trim_matches('-');
+    if trimmed.is_empty() {
+        "pod".to_owned()
+    } else {
+        trimmed.to_owned()
     }
 }
 
@@ -244,6 +273,14 @@ mod tests {
         assert!(validate_hostname("a..b").is_err());
         assert!(validate_hostname("bad host").is_err());
         assert!(validate_hostname(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn derived_hostnames_are_valid() {
+        assert_eq!(hostname_from("my_pod"), "my-pod");
+        assert_eq!(hostname_from("__"), "pod");
+        assert_eq!(hostname_from("Web.Server"), "web-server");
+        assert!(validate_hostname(&hostname_from(&"x_".repeat(80))).is_ok());
     }
 
     #[test]

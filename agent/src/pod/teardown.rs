@@ -29,7 +29,7 @@ impl Pods {
                 c.sandbox.clone()
             };
             if cg.exists(&target) {
-                cg.kill(&target)
+                tokio::task::block_in_place(|| cg.kill(&target))
                     .map_err(|e| Error::sandbox("kill the pod's processes", e))?;
             }
         }
@@ -65,17 +65,22 @@ impl Pods {
             self.save(rec)?;
         }
 
-        // 3. Namespace bind mounts and shm.
-        let namespaces = std::mem::take(&mut rec.namespaces);
-        for (name, path) in &namespaces {
-            crius_sandbox::ns::unbind(path)
-                .map_err(|e| Error::sandbox(format!("unmount {name} namespace"), e))?;
+        // 3. Namespace bind mounts and shm, each forgotten only once it is really gone.
+        let names: Vec<String> = rec.namespaces.keys().cloned().collect();
+        for name in names {
+            if let Some(path) = rec.namespaces.get(&name).cloned() {
+                crius_sandbox::ns::unbind(&path)
+                    .map_err(|e| Error::sandbox(format!("unmount {name} namespace"), e))?;
+                rec.namespaces.remove(&name);
+                self.save(rec)?;
+            }
         }
-        if let Some(shm) = rec.shm.take() {
+        if let Some(shm) = rec.shm.clone() {
             crius_sandbox::mount::unmount(&shm)
                 .map_err(|e| Error::sandbox("unmount pod /dev/shm", e))?;
+            rec.shm = None;
+            self.save(rec)?;
         }
-        self.save(rec)?;
         Ok(())
     }
 
@@ -101,7 +106,8 @@ impl Pods {
                 let one = crius_sandbox::cgroup::CreatedCgroup {
                     dirs: vec![dir.clone()],
                 };
-                cg.remove(&c.sandbox, &one, CGROUP_REMOVE_TIMEOUT)
+                // rmdir retries (sleeping) while the last processes exit: off the async workers.
+                tokio::task::block_in_place(|| cg.remove(&c.sandbox, &one, CGROUP_REMOVE_TIMEOUT))
                     .map_err(|e| {
                         Error::sandbox(format!("remove cgroup {}", cg.absolute(&dir).display()), e)
                     })?;
