@@ -9,6 +9,7 @@ pub mod sysctl;
 #[allow(unsafe_code)]
 mod sys;
 
+pub mod layer;
 pub mod mount;
 pub mod ns;
 pub mod pause;
