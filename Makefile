@@ -2,9 +2,10 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # Debian packages: protoc for k8s-cri's build, the CNI plugins, iproute2/iptables for CNI and the tests,
-# util-linux's nsenter for the tests, qemu + busybox-static + xz for the cgroup v2 VM tier.
+# util-linux's nsenter for the tests, qemu + busybox-static + xz for the cgroup v2 VM tier, docker-registry (the
+# CNCF distribution registry) for the image tests.
 APT_PACKAGES := protobuf-compiler containernetworking-plugins iproute2 iptables util-linux \
-	busybox-static qemu-system-x86 xz-utils ca-certificates
+	busybox-static qemu-system-x86 xz-utils ca-certificates docker-registry
 
 .PHONY: setup setup-packages setup-python vm-setup build release run test lint unit e2e vm-test
 

@@ -13,7 +13,8 @@
 #   -m, --mem SIZE       guest RAM (default 2G)
 #   -c, --cpus N         vCPUs (default: host nproc)
 #   -t, --timeout SECS   power the VM off after SECS seconds and exit 124 (default 600)
-#   -C, --cwd DIR        working directory in the VM (default: $PWD; not under /tmp, /run, /proc, /sys, /dev)
+#   -C, --cwd DIR        working directory in the VM (default: $PWD; not under /run, /proc, /sys, /dev; under
+#                        /tmp the host's /tmp stays visible, copy-on-write, instead of a fresh tmpfs)
 #   -e, --env NAME=VALUE set a variable for the command; `-e NAME` passes the host's value (repeatable).
 #                        Always set: PATH (the host's), HOME=/root, USER=root, TERM=dumb, LANG=C.UTF-8
 #       --cache DIR      kernel cache of vm-setup.sh (default: $CRIUS_VM_CACHE or /var/cache/crius-vm)
@@ -62,7 +63,13 @@ KVER=$(basename "$KDIR")
 MODDIR=$KDIR/lib/modules/$KVER
 [ -s "$KDIR/vmlinux" ] && [ -s "$MODDIR/modules.dep" ] || die "incomplete VM kernel in $KDIR: run e2e/vm/vm-setup.sh"
 GCWD=$(realpath -m -- "$GCWD")
-case "$GCWD/" in /tmp/*|/run/*|/proc/*|/sys/*|/dev/*) die "--cwd $GCWD is on a filesystem the VM mounts fresh" ;; esac
+# A checkout under /tmp (CI runners often use one) keeps the host's /tmp visible, copy-on-write like the rest
+# of the root, instead of a fresh empty tmpfs.
+HOST_TMP=0
+case "$GCWD/" in
+  /tmp/*) HOST_TMP=1 ;;
+  /run/*|/proc/*|/sys/*|/dev/*) die "--cwd $GCWD is on a filesystem the VM mounts fresh" ;;
+esac
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/crius-vm.XXXXXX")
 QPID=""
@@ -105,7 +112,7 @@ q() { printf '%q' "$1"; }
   echo "cd $(q "$GCWD") || exit 125"
   printf 'exec'; printf ' %q' "$@"; echo
 } > "$IR/cmd"
-printf 'KVER=%q\nMODDIR=%q\nGPATH=%q\n' "$KVER" "$MODDIR" "$PATH" > "$IR/conf"
+printf 'KVER=%q\nMODDIR=%q\nGPATH=%q\nHOST_TMP=%q\n' "$KVER" "$MODDIR" "$PATH" "$HOST_TMP" > "$IR/conf"
 
 # Stage 1 (/init in the initramfs): mount the host root read-only under a tmpfs overlay, switch to it.
 cat > "$IR/init" <<'STAGE1'
@@ -153,7 +160,7 @@ done
 $BB mkdir -p /lib/modules && kmd=$($BB readlink -f /lib/modules)/$KVER
 $BB mkdir -p "$kmd" && $BB mount --bind "$MODDIR" "$kmd" || fail "bind the kernel modules"
 $BB ln -s busybox /run/vm/modprobe && echo /run/vm/modprobe > /proc/sys/kernel/modprobe || fail "set modprobe"
-$BB mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp || fail "mount /tmp"
+[ "$HOST_TMP" = 1 ] || $BB mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp || fail "mount /tmp"
 $BB mount --make-rshared / || fail "make / rshared"
 $BB hostname crius-vm
 $BB ip link set lo up || fail "lo up"
