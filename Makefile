@@ -7,7 +7,7 @@ CARGO ?= cargo
 APT_PACKAGES := protobuf-compiler containernetworking-plugins iproute2 iptables util-linux \
 	busybox-static qemu-system-x86 xz-utils ca-certificates docker-registry
 
-.PHONY: setup setup-packages setup-python vm-setup build release run test lint unit e2e vm-test
+.PHONY: setup setup-packages setup-python vm-setup build release run test lint
 
 setup: setup-packages setup-python vm-setup
 
