@@ -13,10 +13,9 @@ import sys
 import tempfile
 
 
-def stubs(proto):
+def stubs(proto, out):
     from grpc_tools import protoc
 
-    out = tempfile.mkdtemp(prefix="crius-pystubs-")
     src = os.path.join(out, "api.proto")
     with open(proto) as f, open(src, "w") as g:
         g.write(f.read())
@@ -32,18 +31,24 @@ def stubs(proto):
 
 def main():
     sock, proto, cgroup_parent = sys.argv[1:4]
+    # The generated stubs live only as long as this run: nothing is left in /tmp.
+    with tempfile.TemporaryDirectory(prefix="crius-pystubs-") as out:
+        run(sock, proto, cgroup_parent, out)
+
+
+def run(sock, proto, cgroup_parent, out):
     import grpc
 
-    pb, rpc = stubs(proto)
+    pb, rpc = stubs(proto, out)
     # Go's gRPC (kubelet, crictl) sends ":authority: localhost" on unix sockets; C-core would send the path.
     ch = grpc.insecure_channel(f"unix://{sock}", options=[("grpc.default_authority", "localhost")])
     rt = rpc.RuntimeServiceStub(ch)
-    out = {}
+    seen = {}
     v = rt.Version(pb.VersionRequest(version="v1"), timeout=10)
-    out["version"] = {"runtime_name": v.runtime_name, "runtime_api_version": v.runtime_api_version}
+    seen["version"] = {"runtime_name": v.runtime_name, "runtime_api_version": v.runtime_api_version}
     st = rt.Status(pb.StatusRequest(verbose=True), timeout=10)
-    out["conditions"] = {c.type: c.status for c in st.status.conditions}
-    out["status_info_keys"] = sorted(st.info.keys())
+    seen["conditions"] = {c.type: c.status for c in st.status.conditions}
+    seen["status_info_keys"] = sorted(st.info.keys())
     cfg = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name="py-pod", namespace="e2e", uid="py-uid-1", attempt=0),
         hostname="py-pod",
@@ -52,40 +57,40 @@ def main():
         linux=pb.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent),
     )
     pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg), timeout=60).pod_sandbox_id
-    out["id"] = pod_id
+    seen["id"] = pod_id
     s = rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True), timeout=10)
-    out["state"] = pb.PodSandboxState.Name(s.status.state)
-    out["ip"] = s.status.network.ip
-    out["labels"] = dict(s.status.labels)
-    out["annotations"] = dict(s.status.annotations)
-    out["pid"] = json.loads(s.info["info"])["pid"]
+    seen["state"] = pb.PodSandboxState.Name(s.status.state)
+    seen["ip"] = s.status.network.ip
+    seen["labels"] = dict(s.status.labels)
+    seen["annotations"] = dict(s.status.annotations)
+    seen["pid"] = json.loads(s.info["info"])["pid"]
     try:
         rt.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg), timeout=60)
-        out["duplicate"] = "OK"
+        seen["duplicate"] = "OK"
     except grpc.RpcError as e:
-        out["duplicate"] = e.code().name
+        seen["duplicate"] = e.code().name
     try:
         rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id="f" * 64), timeout=10)
-        out["unknown_status"] = "OK"
+        seen["unknown_status"] = "OK"
     except grpc.RpcError as e:
-        out["unknown_status"] = e.code().name
+        seen["unknown_status"] = e.code().name
     try:
         rt.ListContainers(pb.ListContainersRequest(), timeout=10)
-        out["list_containers"] = "OK"
+        seen["list_containers"] = "OK"
     except grpc.RpcError as e:
-        out["list_containers"] = e.code().name
+        seen["list_containers"] = e.code().name
     listed = rt.ListPodSandbox(
         pb.ListPodSandboxRequest(filter=pb.PodSandboxFilter(label_selector={"client": "python"})), timeout=10
     )
-    out["listed"] = [p.id for p in listed.items]
+    seen["listed"] = [p.id for p in listed.items]
     rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
     s = rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=10)
-    out["state_after_stop"] = pb.PodSandboxState.Name(s.status.state)
+    seen["state_after_stop"] = pb.PodSandboxState.Name(s.status.state)
     rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
     rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
     rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
-    out["listed_after_remove"] = len(rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items)
-    print(json.dumps(out))
+    seen["listed_after_remove"] = len(rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items)
+    print(json.dumps(seen))
 
 
 if __name__ == "__main__":
