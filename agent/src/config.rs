@@ -3,6 +3,7 @@
 //! Unknown keys and bad values stop startup with a message naming them (serde's `deny_unknown_fields` plus typed
 //! values). `crius config default` prints [`DEFAULT_TOML`], which a unit test keeps identical to `Config::default()`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -43,9 +44,27 @@ pub struct Config {
     pub listen: PathBuf,
     /// The pause binary; empty means `crius-pause` next to the crius executable.
     pub pause_binary: PathBuf,
+    /// A pull that receives nothing for this long is cancelled.
+    pub image_pull_progress_timeout: HumanDuration,
+    /// Layers of one pull downloaded at the same time.
+    pub max_concurrent_downloads: usize,
     pub cgroup: CgroupConfig,
     pub network: NetworkConfig,
     pub pod: PodConfig,
+    /// Per-registry settings, keyed by registry host (`docker.io`, `registry.k8s.io`, `localhost:5000`).
+    pub registries: BTreeMap<String, RegistryConfig>,
+}
+
+/// How to reach one registry.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Endpoints tried in order before the registry itself ("http://127.0.0.1:5000", "https://mirror.example").
+    pub mirrors: Vec<String>,
+    /// Talk plain HTTP to the registry itself (localhost and 127.0.0.0/8 always may).
+    pub insecure: bool,
+    /// PEM CA certificates trusted for this registry, besides the system roots.
+    pub ca_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -97,9 +116,12 @@ impl Default for Config {
             state: PathBuf::from("/run/crius"),
             listen: PathBuf::from("/run/crius/crius.sock"),
             pause_binary: PathBuf::new(),
+            image_pull_progress_timeout: HumanDuration(Duration::from_secs(300)),
+            max_concurrent_downloads: 3,
             cgroup: CgroupConfig::default(),
             network: NetworkConfig::default(),
             pod: PodConfig::default(),
+            registries: BTreeMap::new(),
         }
     }
 }
@@ -205,6 +227,28 @@ impl Config {
                 key: "network.plugin_timeout",
                 reason: "must be greater than zero".into(),
             });
+        }
+        if self.image_pull_progress_timeout.0.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "image_pull_progress_timeout",
+                reason: "must be greater than zero".into(),
+            });
+        }
+        if self.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_concurrent_downloads",
+                reason: "must be at least 1".into(),
+            });
+        }
+        for (host, r) in &self.registries {
+            for m in &r.mirrors {
+                crate::image::registry::parse_endpoint(m, false).map_err(|reason| {
+                    ConfigError::Invalid {
+                        key: "registries.*.mirrors",
+                        reason: format!("{host}: {reason}"),
+                    }
+                })?;
+            }
         }
         if !self.cgroup.default_parent.starts_with('/')
             && !self.cgroup.default_parent.ends_with(".slice")
@@ -465,6 +509,25 @@ mod tests {
         assert!("99999999999999999999Gi".parse::<ByteSize>().is_err());
         let c: Config = toml::from_str("[pod]\nshm_size = 1048576\n").expect("numeric size");
         assert_eq!(c.pod.shm_size.0, 1 << 20);
+    }
+
+    #[test]
+    fn registries_mirror_shape() {
+        let c: Config = toml::from_str(
+            "image_pull_progress_timeout = \"2s\"\n\
+             [registries.\"registry.k8s.io\"]\nmirrors = [\"http://127.0.0.1:5000\"]\n\
+             [registries.\"docker.io\"]\nmirrors = [\"http://127.0.0.1:5000\"]\n",
+        )
+        .expect("the mirror shape parses");
+        c.validate().expect("and is valid");
+        assert_eq!(c.image_pull_progress_timeout.0, Duration::from_secs(2));
+        assert_eq!(
+            c.registries["registry.k8s.io"].mirrors,
+            vec!["http://127.0.0.1:5000".to_string()]
+        );
+        let c: Config = toml::from_str("[registries.\"x.io\"]\nmirrors = [\"ftp://m\"]\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("x.io"));
+        assert!(toml::from_str::<Config>("[registries.\"x.io\"]\nmirror = []\n").is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::image::ImageError;
 use crate::store::StoreError;
 
 /// A boxed cause from a lower layer (sandbox, cni, io) kept for the error chain.
@@ -48,6 +49,9 @@ pub enum Error {
     Timeout { op: &'static str, after: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Pulling, storing or finding an image failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
 }
 
 impl Error {

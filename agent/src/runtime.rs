@@ -8,6 +8,8 @@ use crius_sandbox::cgroup::CgroupManager;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::image::Images;
+use crate::image::service::PullSettings;
 use crate::pod::Pods;
 use crate::store::Store;
 
@@ -17,6 +19,7 @@ pub const LIMIT_CONTROLLERS: [&str; 6] = ["cpu", "cpuset", "memory", "pids", "hu
 pub struct Runtime {
     pub config: Config,
     pub pods: Arc<Pods>,
+    pub images: Arc<Images>,
     /// What the cgroup tree allows, said once at startup and in Status.
     pub cgroup_report: CgroupReport,
 }
@@ -85,11 +88,26 @@ impl Runtime {
             ),
             None => tracing::info!(mount = ?cgroup_report.mount, "cgroup v2 with all controllers"),
         }
+        // TLS for registries: rustls with ring (no C toolchain for aws-lc); a second install is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let images = {
+            let (root, store) = (config.root.join("images"), store.clone());
+            let settings = PullSettings {
+                registries: config.registries.clone(),
+                progress_timeout: config.image_pull_progress_timeout.0,
+                max_concurrent_downloads: config.max_concurrent_downloads,
+            };
+            let images = tokio::task::spawn_blocking(move || Images::open(root, store, settings))
+                .await
+                .map_err(|e| Error::sandbox("open the image store", e))??;
+            Arc::new(images)
+        };
         let pods = Arc::new(Pods::new(config.clone(), store, cg.ok()));
         pods.recover().await?;
         Ok(Runtime {
             config,
             pods,
+            images,
             cgroup_report,
         })
     }

@@ -17,7 +17,11 @@ pub struct Table(TableDefinition<'static, &'static str, &'static [u8]>);
 pub const PODS: Table = Table(TableDefinition::new("pods"));
 /// cgroup directories crius created (key: the cgroup path); only these are ever removed again.
 pub const CGROUPS: Table = Table(TableDefinition::new("cgroups"));
-const ALL_TABLES: [Table; 2] = [PODS, CGROUPS];
+/// Pulled images (key: image id, the config digest).
+pub const IMAGES: Table = Table(TableDefinition::new("images"));
+/// Unpacked layers (key: chain id).
+pub const LAYERS: Table = Table(TableDefinition::new("layers"));
+const ALL_TABLES: [Table; 4] = [PODS, CGROUPS, IMAGES, LAYERS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -116,6 +120,30 @@ impl Store {
         Ok(found)
     }
 
+    /// One record, if present.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| db_err("begin")(e.into()))?;
+        let t = txn
+            .open_table(table.0)
+            .map_err(|e| db_err("open table")(e.into()))?;
+        let Some(v) = t.get(key).map_err(|e| db_err("read")(e.into()))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                key: key.to_owned(),
+                source,
+            })
+    }
+
     /// Every record of a table.
     pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<T>, StoreError> {
         let txn = self
@@ -186,6 +214,8 @@ mod tests {
             s.put(CGROUPS, "/a/b", &true).unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.get::<Rec>(PODS, "a").unwrap().map(|r| r.n), Some(3));
+        assert_eq!(s.get::<Rec>(PODS, "b").unwrap(), None);
         let all: Vec<Rec> = s.list(PODS).unwrap();
         assert_eq!(
             all,

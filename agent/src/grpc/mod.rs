@@ -1,6 +1,7 @@
 //! The CRI gRPC services: thin wrappers that convert, call the domain, convert back.
 
 mod convert;
+mod convert_image;
 mod status;
 
 use std::future::Future;
@@ -323,28 +324,78 @@ impl RuntimeService for Cri {
 
 #[tonic::async_trait]
 impl ImageService for Cri {
-    async fn list_images(&self, _r: Request<v1::ListImagesRequest>) -> R<v1::ListImagesResponse> {
-        unimplemented("ListImages")
+    async fn list_images(&self, r: Request<v1::ListImagesRequest>) -> R<v1::ListImagesResponse> {
+        let filter = convert_image::list_filter(r.get_ref());
+        rpc("ListImages", "", async {
+            let images = self.rt.images.list(filter.as_deref())?;
+            Ok(v1::ListImagesResponse {
+                images: images.iter().map(convert_image::image).collect(),
+            })
+        })
+        .await
     }
-    async fn image_status(
-        &self,
-        _r: Request<v1::ImageStatusRequest>,
-    ) -> R<v1::ImageStatusResponse> {
-        unimplemented("ImageStatus")
+    async fn image_status(&self, r: Request<v1::ImageStatusRequest>) -> R<v1::ImageStatusResponse> {
+        let req = r.into_inner();
+        rpc("ImageStatus", "", async {
+            let spec = convert_image::image_spec(req.image.as_ref(), "image.image")?;
+            let rec = self.rt.images.status(&spec)?;
+            Ok(v1::ImageStatusResponse {
+                image: rec.as_ref().map(convert_image::image),
+                info: match (&rec, req.verbose) {
+                    (Some(rec), true) => convert_image::image_info(rec),
+                    _ => Default::default(),
+                },
+            })
+        })
+        .await
     }
-    async fn pull_image(&self, _r: Request<v1::PullImageRequest>) -> R<v1::PullImageResponse> {
-        unimplemented("PullImage")
+    async fn pull_image(&self, r: Request<v1::PullImageRequest>) -> R<v1::PullImageResponse> {
+        let req = r.into_inner();
+        let image = req
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        rpc("PullImage", "", async {
+            let (reference, credentials) = convert_image::pull(&req)?;
+            tracing::info!(image = %image, "pull requested");
+            let id = self.rt.images.pull(reference, credentials).await?;
+            Ok(v1::PullImageResponse { image_ref: id })
+        })
+        .await
     }
-    async fn remove_image(
-        &self,
-        _r: Request<v1::RemoveImageRequest>,
-    ) -> R<v1::RemoveImageResponse> {
-        unimplemented("RemoveImage")
+    async fn remove_image(&self, r: Request<v1::RemoveImageRequest>) -> R<v1::RemoveImageResponse> {
+        let req = r.into_inner();
+        rpc("RemoveImage", "", async {
+            let spec = convert_image::image_spec(req.image.as_ref(), "image.image")?;
+            self.rt.images.remove(&spec).await?;
+            Ok(v1::RemoveImageResponse {})
+        })
+        .await
     }
     async fn image_fs_info(
         &self,
         _r: Request<v1::ImageFsInfoRequest>,
     ) -> R<v1::ImageFsInfoResponse> {
-        unimplemented("ImageFsInfo")
+        rpc("ImageFsInfo", "", async {
+            let images = self.rt.images.clone();
+            let containers = self.rt.config.root.join("containers");
+            let (img, ctr) = tokio::task::spawn_blocking(move || {
+                let img = convert_image::fs_usage(images.root(), images.usage());
+                let (bytes, inodes) = crate::image::content::usage(&containers);
+                let ctr = convert_image::fs_usage(
+                    &containers,
+                    crate::image::service::Usage { bytes, inodes },
+                );
+                (img, ctr)
+            })
+            .await
+            .map_err(|e| Error::sandbox("measure the image filesystem", e))?;
+            Ok(v1::ImageFsInfoResponse {
+                image_filesystems: vec![img],
+                container_filesystems: vec![ctr],
+            })
+        })
+        .await
     }
 }

@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::error::{Error, chain};
+use crate::image::ImageError;
 
 /// Maps a domain error to a status; the message is the whole error chain, once.
 pub fn to_status(err: &Error) -> Status {
@@ -17,6 +18,23 @@ pub fn to_status(err: &Error) -> Status {
         Error::Sandbox { .. } => Code::Unknown,
         Error::Timeout { .. } => Code::DeadlineExceeded,
         Error::Store(_) => Code::Internal,
+        Error::Image(e) => match e {
+            ImageError::BadReference { .. } | ImageError::BadAuth(_) => Code::InvalidArgument,
+            ImageError::NotFound { .. } => Code::NotFound,
+            ImageError::Unauthenticated { .. } => Code::Unauthenticated,
+            ImageError::Denied { .. } => Code::PermissionDenied,
+            ImageError::Unavailable { .. } => Code::Unavailable,
+            ImageError::Stalled { .. } => Code::DeadlineExceeded,
+            ImageError::Cancelled { .. } => Code::Cancelled,
+            ImageError::BadConfig(_) => Code::FailedPrecondition,
+            // The registry served something wrong or broken: not our bug, not the caller's.
+            ImageError::Registry { .. }
+            | ImageError::BadImage(_)
+            | ImageError::DigestMismatch { .. }
+            | ImageError::Layer { .. }
+            | ImageError::Io { .. } => Code::Unknown,
+            ImageError::Store(_) => Code::Internal,
+        },
     };
     Status::new(code, chain(err))
 }
