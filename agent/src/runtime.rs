@@ -88,8 +88,6 @@ impl Runtime {
             ),
             None => tracing::info!(mount = ?cgroup_report.mount, "cgroup v2 with all controllers"),
         }
-        // TLS for registries: rustls with ring (no C toolchain for aws-lc); a second install is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let images = {
             let (root, store) = (config.root.join("images"), store.clone());
             let settings = PullSettings {

@@ -650,3 +650,25 @@ async fn mirrors_serve_public_names() {
     );
     assert_clean(&c).await;
 }
+
+#[tokio::test]
+async fn a_dead_mirror_falls_back_to_the_registry() {
+    let registry = Registry::start();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mirrors = format!(
+        "{{ \"{}\" = {{ mirrors = [\"http://127.0.0.1:{dead}\"] }} }}",
+        registry.host()
+    );
+    let c = Crius::start(Options::new().set("registries", &mirrors)).await;
+    let image = small_image("fallback");
+    image.push(&registry, "fb", "1").unwrap();
+    let reference = format!("{}/fb:1", registry.host());
+    assert_eq!(pull(&c, &reference).await, image.id());
+    let log = std::fs::read_to_string(&c.paths().crius_log).unwrap();
+    assert!(log.contains("mirror failed"), "{log}");
+    assert_eq!(list(&c, None).await[0].repo_tags, vec![reference]);
+    assert_clean(&c).await;
+}

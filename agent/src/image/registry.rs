@@ -207,6 +207,9 @@ impl Remote {
                 data,
             });
         }
+        // TLS is rustls with ring (no C toolchain for aws-lc); reqwest needs the provider before a client exists.
+        // Installing it again is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let config = ClientConfig {
             protocol: if endpoint.plain_http {
                 ClientProtocol::Http
@@ -426,6 +429,37 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn credentials_never_go_to_a_mirror() {
+        let reference = Reference::parse("registry.k8s.io/pause:3.9").unwrap();
+        let auth = RegistryAuth::Basic("u".into(), "p".into());
+        let cfg: BTreeMap<String, RegistryConfig> =
+            toml::from_str("[\"registry.k8s.io\"]\nmirrors = [\"http://127.0.0.1:5000\"]\n")
+                .unwrap();
+        let eps = endpoints(&cfg, "registry.k8s.io").unwrap();
+        let mirror = Remote::new(
+            &reference,
+            eps[0].clone(),
+            &[],
+            auth.clone(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(mirror.auth, RegistryAuth::Anonymous);
+        assert_eq!(mirror.reference.resolve_registry(), "127.0.0.1:5000");
+        assert_eq!(mirror.reference.repository(), "pause");
+        let upstream = Remote::new(
+            &reference,
+            eps[1].clone(),
+            &[],
+            auth.clone(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(upstream.auth, auth);
+        assert_eq!(upstream.reference.resolve_registry(), "registry.k8s.io");
     }
 
     #[test]
