@@ -526,6 +526,21 @@ mod tests {
         assert!(v6.plugins[0].raw["ipam"].get("dataDir").is_none());
     }
 
+    /// deploy/10-crius.conflist is the embedded default with the default bridge and subnet, so installing it
+    /// changes nothing but where the config lives.
+    #[test]
+    fn deployed_conflist_is_the_embedded_default() {
+        let deployed: Value =
+            serde_json::from_str(include_str!("../../deploy/10-crius.conflist")).unwrap();
+        let embedded = default_network(&DefaultNetwork {
+            bridge: "crius0".into(),
+            subnet: "10.85.0.0/16".into(),
+            masquerade: true,
+            ipam_data_dir: None,
+        });
+        assert_eq!(deployed, Value::Object(embedded.raw));
+    }
+
     #[test]
     fn loopback_network_shape() {
         let l = loopback_network("0.4.0");

@@ -439,6 +439,11 @@ async fn unknown_ids() {
         .await
         .expect_err("status of an unknown id");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(
+        err.message().contains("pod_sandbox_id") && err.message().contains(unknown),
+        "NotFound does not name the field and the id: {}",
+        err.message()
+    );
     c.assert_no_leaks().await;
 }
 
@@ -776,6 +781,11 @@ async fn failing_cni_plugin_is_named_and_everything_is_undone() {
     assert!(
         err.message().contains("e2e induced failure"),
         "the plugin's msg is lost: {}",
+        err.message()
+    );
+    assert!(
+        err.message().contains('7'),
+        "the plugin's error code (7) is lost: {}",
         err.message()
     );
     let dir = &c.paths().dir;
