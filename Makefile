@@ -3,11 +3,12 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # Debian packages: protoc for k8s-cri's build, the CNI plugins, iproute2/iptables for CNI and the tests,
 # util-linux's nsenter for the tests, qemu + busybox-static + xz for the cgroup v2 VM tier, docker-registry (the
-# CNCF distribution registry) for the image tests.
+# CNCF distribution registry) for the image tests; skopeo, containerd and runc for the benchmark's comparisons (its
+# smoke test runs in the suite).
 APT_PACKAGES := protobuf-compiler containernetworking-plugins iproute2 iptables util-linux \
-	busybox-static qemu-system-x86 xz-utils ca-certificates docker-registry
+	busybox-static qemu-system-x86 xz-utils ca-certificates docker-registry skopeo containerd runc
 
-.PHONY: setup setup-packages setup-python vm-setup build release run test lint
+.PHONY: setup setup-packages setup-python vm-setup build release run test lint bench
 
 setup: setup-packages setup-python vm-setup
 
@@ -20,9 +21,13 @@ setup-packages:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$${missing[@]}"; \
 	fi
 
-# grpcio for the independent CRI client test (e2e/python/cri_client.py), from PyPI.
+# grpcio for the independent CRI client test (e2e/python/cri_client.py), from PyPI. Debian's own python3 refuses
+# pip installs into the system (PEP 668) unless told; pip itself comes from python3-pip there.
+PIP_INSTALL := python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
 setup-python:
-	@python3 -c 'import grpc, grpc_tools' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
+	@python3 -c 'import grpc, grpc_tools' 2>/dev/null || { python3 -m pip --version >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip; }; \
+	  $(PIP_INSTALL) 2>/dev/null || $(PIP_INSTALL) --break-system-packages; }
 
 vm-setup: setup-packages
 	e2e/vm/vm-setup.sh --no-apt
@@ -45,6 +50,13 @@ run: release
 lint: setup-packages
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The benchmark against containerd (and skopeo for pulls), release builds; BENCH_ARGS picks the benchmark and its
+# options (crius-bench --help).
+BENCH_ARGS ?= pull
+bench: release
+	$(CARGO) build --release -p crius-e2e --bin crius-bench
+	CRIUS_BIN=$(CURDIR)/target/release/crius ./target/release/crius-bench $(BENCH_ARGS)
 
 # One command that runs all tests: lints, unit, privileged integration, e2e and the cgroup v2 VM tier.
 test: setup lint build

@@ -1,0 +1,91 @@
+//! `crius-bench`: benchmarks crius side by side with containerd (and other tools) in one run, and prints a
+//! table plus JSON. See the README ("Benchmarks") and docs/PERFORMANCE.md.
+//!
+//! ```text
+//! crius-bench pull [--sizes 50,200] [--layers 5] [--runs 3] [--tools crius,containerd,skopeo] [--json FILE]
+//! ```
+//! The crius binary is the harness' (`$CRIUS_BIN`, else `target/debug/crius`; `make bench` uses the release
+//! build). Run as root: crius needs it, and so does containerd.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use crius_e2e::bench::{measure, pull};
+
+#[derive(Parser)]
+#[command(name = "crius-bench", about = "crius vs containerd, side by side")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Pull a multi-layer image from a local docker-registry with each tool, on fresh instances.
+    Pull {
+        /// Image sizes in MiB (uncompressed), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "50,200")]
+        sizes: Vec<u64>,
+        /// Data layers per image (a busybox base layer comes on top of these).
+        #[arg(long, default_value_t = 5)]
+        layers: usize,
+        /// Pulls per tool and size (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Tools to run: crius, containerd, skopeo.
+        #[arg(long, value_delimiter = ',', default_value = "crius,containerd,skopeo")]
+        tools: Vec<String>,
+        /// Also write the results as JSON to this file (`-` for stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Run a command as this process' only child and print its wall time, CPU time and peak RSS as JSON.
+    #[command(hide = true)]
+    Rusage {
+        program: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Rusage { program, args } => measure::rusage_of_child(&program, &args),
+        Cmd::Pull {
+            sizes,
+            layers,
+            runs,
+            tools,
+            json,
+        } => {
+            let tools = tools
+                .iter()
+                .map(|t| pull::Tool::parse(t))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let params = pull::PullParams {
+                sizes_mib: sizes,
+                layers,
+                runs,
+                tools,
+                bench_binary: std::env::current_exe().context("cannot find myself")?,
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let rows = rt.block_on(pull::run(&params))?;
+            print!("{}", pull::table(&rows));
+            write_json(json, &pull::json(&rows))
+        }
+    }
+}
+
+fn write_json(to: Option<PathBuf>, value: &serde_json::Value) -> anyhow::Result<()> {
+    let Some(path) = to else { return Ok(()) };
+    let text = serde_json::to_string_pretty(value)?;
+    if path.as_os_str() == "-" {
+        println!("{text}");
+    } else {
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
