@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use crius_proto::v1;
 
 use crate::error::{Error, Result};
+use crate::image::registry::server_address_matches;
 use crate::image::service::Usage;
 use crate::image::{Credentials, ImageRecord, Reference};
 
@@ -26,6 +27,13 @@ pub fn pull(req: &v1::PullImageRequest) -> Result<(Reference, Credentials)> {
     let credentials = req
         .auth
         .as_ref()
+        .filter(|a| {
+            let matches = server_address_matches(&a.server_address, &reference.registry);
+            if !matches {
+                tracing::warn!(image = %reference, server_address = %a.server_address, "credentials are for another registry; pulling anonymously");
+            }
+            matches
+        })
         .map(|a| Credentials {
             username: a.username.clone(),
             password: a.password.clone(),
@@ -53,7 +61,9 @@ fn user(user: &str) -> (Option<v1::Int64Value>, String) {
         return (None, String::new());
     }
     match name.parse::<i64>() {
-        Ok(uid) => (Some(v1::Int64Value { value: uid }), String::new()),
+        Ok(uid) if uid >= 0 => (Some(v1::Int64Value { value: uid }), String::new()),
+        // A negative number is no uid and no name: the image's User is unusable, so report none.
+        Ok(_) => (None, String::new()),
         Err(_) => (None, name.to_owned()),
     }
 }
@@ -121,6 +131,28 @@ mod tests {
         );
         assert_eq!(user("nobody:nogroup"), (None, "nobody".to_string()));
         assert_eq!(user(""), (None, String::new()));
+        assert_eq!(user("-1"), (None, String::new()));
+    }
+
+    #[test]
+    fn credentials_for_another_registry_are_not_used() {
+        let req = |server_address: &str| v1::PullImageRequest {
+            image: Some(v1::ImageSpec {
+                image: "127.0.0.1:5000/app:1".into(),
+                ..Default::default()
+            }),
+            auth: Some(v1::AuthConfig {
+                username: "u".into(),
+                password: "p".into(),
+                server_address: server_address.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(pull(&req("127.0.0.1:5000")).unwrap().1.username, "u");
+        assert_eq!(pull(&req("")).unwrap().1.username, "u");
+        let (_, c) = pull(&req("registry.example.com")).unwrap();
+        assert!(c.username.is_empty() && c.password.is_empty(), "{c:?}");
     }
 
     #[test]

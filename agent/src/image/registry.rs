@@ -353,8 +353,58 @@ pub fn classify(reference: &str, host: &str, e: OciDistributionError) -> ImageEr
     }
 }
 
+/// Whether an AuthConfig's `server_address` names `registry` (a normalised reference host such as `docker.io` or
+/// `127.0.0.1:5000`). kubelet sets it to the registry its credentials are for; credentials for another registry
+/// must not be sent (containerd CVE-2020-15157), so the pull then goes anonymously, as containerd does. An empty
+/// address matches (the credentials came without one).
+pub fn server_address_matches(server_address: &str, registry: &str) -> bool {
+    let addr = server_address.trim();
+    if addr.is_empty() {
+        return true;
+    }
+    let without_scheme = addr
+        .strip_prefix("https://")
+        .or_else(|| addr.strip_prefix("http://"))
+        .unwrap_or(addr);
+    let host = without_scheme
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let hub = |h: &str| {
+        matches!(
+            h,
+            "docker.io" | "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com"
+        )
+    };
+    let registry = registry.to_ascii_lowercase();
+    host == registry || (hub(&host) && hub(&registry))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn server_address_must_name_the_registry() {
+        for (addr, registry, ok) in [
+            ("", "docker.io", true),
+            ("127.0.0.1:5000", "127.0.0.1:5000", true),
+            ("http://127.0.0.1:5000/v2/", "127.0.0.1:5000", true),
+            ("https://index.docker.io/v1/", "docker.io", true),
+            ("docker.io", "docker.io", true),
+            ("Registry.K8s.io", "registry.k8s.io", true),
+            ("127.0.0.1:5001", "127.0.0.1:5000", false),
+            ("evil.example.com", "docker.io", false),
+            ("https://docker.io.evil.example/", "docker.io", false),
+            ("127.0.0.1", "127.0.0.1:5000", false),
+        ] {
+            assert_eq!(
+                super::server_address_matches(addr, registry),
+                ok,
+                "{addr} for {registry}"
+            );
+        }
+    }
     use super::*;
 
     #[test]

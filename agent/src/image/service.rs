@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -58,7 +58,9 @@ struct Flight {
     id: u64,
     rx: watch::Receiver<Outcome>,
     waiters: AtomicUsize,
-    abort: tokio::task::AbortHandle,
+    /// Set when the last caller leaves: the pull stops at its next chunk and cleans up after itself (an abort
+    /// would skip the cleanup and leave unpacked layers without a record).
+    cancel: Arc<watch::Sender<bool>>,
 }
 
 pub struct Images {
@@ -130,8 +132,10 @@ impl Images {
                     let me = self.clone();
                     let (r, k) = (reference.clone(), key.clone());
                     let id = FLIGHT_SEQ.fetch_add(1, Ordering::Relaxed);
-                    let task = tokio::spawn(async move {
-                        let out = me.pull_once(&r, &credentials).await;
+                    let cancel = Arc::new(watch::channel(false).0);
+                    let stop = cancel.clone();
+                    tokio::spawn(async move {
+                        let out = me.pull_once(&r, &credentials, &stop).await;
                         let mut flights = lock(&me.flights);
                         if flights.get(&k).is_some_and(|f| f.id == id) {
                             flights.remove(&k);
@@ -142,7 +146,7 @@ impl Images {
                         id,
                         rx,
                         waiters: AtomicUsize::new(1),
-                        abort: task.abort_handle(),
+                        cancel,
                     });
                     flights.insert(key.clone(), f.clone());
                     f
@@ -169,15 +173,16 @@ impl Images {
         out
     }
 
-    /// One pull; on failure, the layers it unpacked that nothing uses are removed again.
+    /// One pull; on failure (or cancellation), the layers it unpacked that nothing uses are removed again.
     async fn pull_once(
         &self,
         reference: &Reference,
         credentials: &Credentials,
+        stop: &watch::Sender<bool>,
     ) -> Result<String, ImageError> {
         let mut chain_ids = Vec::new();
         let out = self
-            .pull_inner(reference, credentials, &mut chain_ids)
+            .pull_inner(reference, credentials, stop, &mut chain_ids)
             .await;
         if out.is_err() && !chain_ids.is_empty() {
             let _meta = self.meta.lock().await;
@@ -196,9 +201,13 @@ impl Images {
         &self,
         reference: &Reference,
         credentials: &Credentials,
+        stop: &watch::Sender<bool>,
         pulled_chain_ids: &mut Vec<String>,
     ) -> Result<String, ImageError> {
         let name = reference.to_string();
+        let cancelled = || ImageError::Cancelled {
+            reference: name.clone(),
+        };
         let auth = credentials.to_registry_auth()?;
         let endpoints = registry::endpoints(&self.settings.registries, &reference.registry)?;
         let ca_files = self
@@ -218,14 +227,15 @@ impl Images {
                 auth.clone(),
                 timeout.min(Duration::from_secs(10)),
             )?;
-            let resolved = tokio::time::timeout(timeout, remote.resolve(&name))
-                .await
-                .unwrap_or_else(|_| {
+            let resolved = tokio::select! {
+                r = tokio::time::timeout(timeout, remote.resolve(&name)) => r.unwrap_or_else(|_| {
                     Err(ImageError::Stalled {
                         reference: name.clone(),
                         after: timeout,
                     })
-                });
+                }),
+                _ = stopped(stop) => return Err(cancelled()),
+            };
             match resolved {
                 Ok(r) => {
                     found = Some((remote, r));
@@ -235,16 +245,18 @@ impl Images {
                     if endpoint.mirror {
                         tracing::warn!(image = %name, mirror = %endpoint.host, error = %crate::error::chain(&e), "mirror failed, trying the next endpoint");
                     }
-                    last = Some((endpoint, e));
+                    // When every endpoint fails, report the most telling failure: an air-gapped node's mirror
+                    // saying "not found" matters more than the unreachable upstream tried after it.
+                    last = Some(match last.take() {
+                        Some(prev) if telling(&prev) >= telling(&e) => prev,
+                        _ => e,
+                    });
                 }
             }
         }
         let (remote, resolved) = match found {
             Some(f) => f,
-            None => {
-                let (_, e) = last.ok_or_else(|| ImageError::BadConfig("no endpoint".into()))?;
-                return Err(e);
-            }
+            None => return Err(last.ok_or_else(|| ImageError::BadConfig("no endpoint".into()))?),
         };
         let config_digest = resolved.manifest.config.digest.clone();
         content::check_sha256(&config_digest)?;
@@ -268,7 +280,12 @@ impl Images {
             content::check_sha256(d)?;
         }
         let chain_ids = content::chain_ids(&diff_ids);
-        let _active = ActiveLayers::new(self, &chain_ids);
+        // Registered under the metadata lock: a concurrent remove either finished deleting these layers before
+        // (and the pull downloads them again) or sees them in use and keeps them.
+        let _active = {
+            let _meta = self.meta.lock().await;
+            ActiveLayers::new(self, &chain_ids)
+        };
         pulled_chain_ids.clone_from(&chain_ids);
         tracing::info!(image = %name, endpoint = %remote.endpoint.host, id = %config_digest, layers = layers.len(), "pulling");
 
@@ -278,42 +295,39 @@ impl Images {
             let (diff_id, chain_id) = (diff_ids[i].clone(), chain_ids[i].clone());
             let name = name.clone();
             let layer = layer.clone();
-            let job: futures_util::future::BoxFuture<'_, Result<u64, ImageError>> = Box::pin(
-                async move {
-                    if self.paths.layer(&chain_id).exists()
-                        && let Some(rec) = self.store.get::<LayerRecord>(LAYERS, &chain_id)?
-                    {
-                        tracing::debug!(image = %name, layer = %layer.digest, "layer already present");
-                        return Ok(rec.size);
+            let job: futures_util::future::BoxFuture<'_, Result<u64, ImageError>> =
+                Box::pin(async move {
+                    let r = self
+                        .pull_layer(remote, &name, &layer, diff_id, chain_id, stop, timeout)
+                        .await;
+                    if r.is_err() {
+                        stop.send_replace(true);
                     }
-                    let blob = self.download(remote, &name, &layer.digest, timeout).await?;
-                    let paths = self.paths.clone();
-                    let media_type = layer.media_type.clone();
-                    let (d, c) = (diff_id.clone(), chain_id.clone());
-                    let unpacked = tokio::task::spawn_blocking(move || {
-                        content::unpack_layer(&paths, &blob, &media_type, &d, &c)
-                    })
-                    .await
-                    .map_err(|e| ImageError::BadImage(format!("unpack task failed: {e}")))??;
-                    self.store.put(
-                        LAYERS,
-                        &chain_id,
-                        &LayerRecord {
-                            chain_id: chain_id.clone(),
-                            diff_id,
-                            size: unpacked.size,
-                        },
-                    )?;
-                    tracing::info!(image = %name, layer = %layer.digest, size = unpacked.size, "layer unpacked");
-                    Ok(unpacked.size)
-                },
-            );
+                    r
+                });
             jobs.push(job);
         }
-        let sizes: Vec<u64> = futures_util::stream::iter(jobs)
+        // Every job runs to its end (a first failure stops the others at their next chunk) so that no unpack is
+        // still running when a failed pull cleans up.
+        let results: Vec<Result<u64, ImageError>> = futures_util::stream::iter(jobs)
             .buffered(self.settings.max_concurrent_downloads.max(1))
-            .try_collect()
-            .await?;
+            .collect()
+            .await;
+        let mut sizes = Vec::with_capacity(results.len());
+        let mut failure: Option<ImageError> = None;
+        for r in results {
+            match r {
+                Ok(size) => sizes.push(size),
+                // The first real failure, not the cancellations it caused.
+                Err(e) => match &failure {
+                    Some(ImageError::Cancelled { .. }) | None => failure = Some(e),
+                    Some(_) => {}
+                },
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
 
         let user = config
             .pointer("/config/User")
@@ -363,6 +377,54 @@ impl Images {
         Ok(record.id)
     }
 
+    /// Downloads, verifies and unpacks one layer unless it is already present; returns its unpacked size.
+    #[allow(clippy::too_many_arguments)]
+    async fn pull_layer(
+        &self,
+        remote: &Remote,
+        name: &str,
+        layer: &oci_client::manifest::OciDescriptor,
+        diff_id: String,
+        chain_id: String,
+        stop: &watch::Sender<bool>,
+        timeout: Duration,
+    ) -> Result<u64, ImageError> {
+        let cancelled = || ImageError::Cancelled {
+            reference: name.to_owned(),
+        };
+        if *stop.borrow() {
+            return Err(cancelled());
+        }
+        if self.paths.layer(&chain_id).exists()
+            && let Some(rec) = self.store.get::<LayerRecord>(LAYERS, &chain_id)?
+        {
+            tracing::debug!(image = %name, layer = %layer.digest, "layer already present");
+            return Ok(rec.size);
+        }
+        let blob = self
+            .download(remote, name, &layer.digest, timeout, stop)
+            .await?;
+        let paths = self.paths.clone();
+        let media_type = layer.media_type.clone();
+        let (d, c) = (diff_id.clone(), chain_id.clone());
+        let unpacked = tokio::task::spawn_blocking(move || {
+            content::unpack_layer(&paths, &blob, &media_type, &d, &c)
+        })
+        .await
+        .map_err(|e| ImageError::BadImage(format!("unpack task failed: {e}")))??;
+        self.store.put(
+            LAYERS,
+            &chain_id,
+            &LayerRecord {
+                chain_id: chain_id.clone(),
+                diff_id,
+                size: unpacked.size,
+            },
+        )?;
+        tracing::info!(image = %name, layer = %layer.digest, size = unpacked.size, "layer unpacked");
+        Ok(unpacked.size)
+    }
+
     /// Streams one blob into tmp/, verifying its digest; a stall longer than `timeout` fails the download.
     async fn download(
         &self,
@@ -370,22 +432,28 @@ impl Images {
         name: &str,
         digest: &str,
         timeout: Duration,
+        stop: &watch::Sender<bool>,
     ) -> Result<std::path::PathBuf, ImageError> {
         let stalled = || ImageError::Stalled {
             reference: name.to_owned(),
             after: timeout,
         };
-        let mut stream = tokio::time::timeout(timeout, remote.blob(name, digest))
-            .await
-            .map_err(|_| stalled())??;
+        let cancelled = || ImageError::Cancelled {
+            reference: name.to_owned(),
+        };
+        let mut stream = tokio::select! {
+            s = tokio::time::timeout(timeout, remote.blob(name, digest)) => s.map_err(|_| stalled())??,
+            _ = stopped(stop) => return Err(cancelled()),
+        };
         let path = self.paths.tmp_path("blob");
         let mut guard = RemoveOnDrop(Some(path.clone()));
         let mut file = HashingFile::create(path)?;
         let mut last_log = std::time::Instant::now();
         loop {
-            let chunk = tokio::time::timeout(timeout, stream.next())
-                .await
-                .map_err(|_| stalled())?;
+            let chunk = tokio::select! {
+                c = tokio::time::timeout(timeout, stream.next()) => c.map_err(|_| stalled())?,
+                _ = stopped(stop) => return Err(cancelled()),
+            };
             match chunk {
                 None => break,
                 Some(Ok(bytes)) => file.write(&bytes)?,
@@ -534,6 +602,23 @@ fn remove_layers(paths: &Paths, store: &Store, chain_ids: &[String]) -> Result<(
     Ok(())
 }
 
+/// Resolves once `stop` is set.
+async fn stopped(stop: &watch::Sender<bool>) {
+    let mut rx = stop.subscribe();
+    // An error means the sender is gone, which cannot happen while we borrow it.
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// How much a failed endpoint's error says about the image, for choosing which one to report.
+fn telling(e: &ImageError) -> u8 {
+    match e {
+        ImageError::NotFound { .. } => 3,
+        ImageError::Unauthenticated { .. } | ImageError::Denied { .. } => 2,
+        ImageError::Unavailable { .. } | ImageError::Stalled { .. } => 0,
+        _ => 1,
+    }
+}
+
 fn push_unique(v: &mut Vec<String>, s: String) {
     if !v.contains(&s) {
         v.push(s);
@@ -558,7 +643,7 @@ impl Drop for Waiter<'_> {
             && self.flight.rx.borrow().is_none()
         {
             tracing::info!(image = %self.key, "pull cancelled: no caller is waiting for it");
-            self.flight.abort.abort();
+            self.flight.cancel.send_replace(true);
             if flights
                 .get(self.key)
                 .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
