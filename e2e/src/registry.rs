@@ -1,6 +1,7 @@
 //! A real OCI registry for the image tests: Debian's `docker-registry` (the CNCF distribution registry, package
-//! `docker-registry`) on 127.0.0.1, a free port, private storage; plus [`FaultProxy`], a loopback HTTP proxy in
-//! front of it that corrupts or stalls chosen blobs and records every request.
+//! `docker-registry`) on 127.0.0.1, a free port, private storage; anonymous, htpasswd or bearer-token auth
+//! (with [`TokenServer`] as the token realm); plus [`FaultProxy`], a loopback HTTP proxy in front of it that
+//! corrupts or stalls chosen blobs and records every request with its headers.
 //!
 //! ```no_run
 //! use crius_e2e::registry::{Fault, FaultProxy, Registry};
@@ -14,23 +15,28 @@
 //! synchronous code (`Drop`, builders) and from async tests alike, and needs no runtime handle.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
+mod proxy;
+mod token;
+
+pub use proxy::{Fault, FaultProxy, RecordedRequest};
+pub use token::{TokenRequest, TokenServer};
+
 /// The registry binary (Debian package `docker-registry`); `CRIUS_TEST_REGISTRY` overrides it.
 pub const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
 /// How long the registry gets to answer `/v2/` after it is started.
 pub const REGISTRY_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// The `service` a [`Registry::start_with_token_auth`] registry names in its `WWW-Authenticate` challenge.
+pub const TOKEN_SERVICE: &str = "crius-test-registry";
 
 /// A running `docker-registry` on 127.0.0.1. Dropping it kills (SIGKILL, by pid) and reaps the process and
 /// removes its storage.
@@ -38,8 +44,37 @@ pub struct Registry {
     child: Child,
     addr: SocketAddr,
     dir: TempDir,
-    credentials: Option<(String, String)>,
+    auth: Auth,
     http: ureq::Agent,
+}
+
+/// How the registry authenticates its clients.
+#[derive(Debug, Clone)]
+enum Auth {
+    Anonymous,
+    /// `auth: htpasswd`, one user.
+    Htpasswd {
+        user: String,
+        password: String,
+    },
+    /// `auth: silly`: a request without an Authorization header gets 401 with
+    /// `WWW-Authenticate: Bearer realm="<realm>",service="<service>",scope="repository:<name>:pull"`; any
+    /// request with one is let through (the token is not checked).
+    Token {
+        realm: String,
+        service: String,
+    },
+}
+
+impl Auth {
+    /// The Authorization header this fixture's own requests carry.
+    fn authorization(&self) -> Option<String> {
+        match self {
+            Auth::Anonymous => None,
+            Auth::Htpasswd { user, password } => Some(basic_authorization(user, password)),
+            Auth::Token { .. } => Some("Bearer crius-test-fixture".to_string()),
+        }
+    }
 }
 
 /// An HTTP answer, fully read.
@@ -83,7 +118,28 @@ impl Registry {
             .unwrap_or_else(|e| panic!("cannot start docker-registry with htpasswd: {e:#}"))
     }
 
+    /// Starts a registry with the bearer-token flow (distribution's `silly` access controller) and `realm`
+    /// (e.g. [`TokenServer::realm`]) as the token server: a request without an Authorization header gets 401
+    /// with `WWW-Authenticate: Bearer realm="<realm>",service="<TOKEN_SERVICE>",scope="repository:<name>:pull"`;
+    /// a request with any Authorization header is served. The token itself is not checked: what a client sends
+    /// is seen through a [`FaultProxy`]. This fixture's own requests send `Bearer crius-test-fixture`.
+    pub fn start_with_token_auth(realm: &str) -> Registry {
+        Registry::try_start_with(Auth::Token {
+            realm: realm.to_string(),
+            service: TOKEN_SERVICE.to_string(),
+        })
+        .unwrap_or_else(|e| panic!("cannot start docker-registry with token auth: {e:#}"))
+    }
+
+    /// Anonymous (`None`) or htpasswd with these credentials.
     pub fn try_start(credentials: Option<(String, String)>) -> anyhow::Result<Registry> {
+        Registry::try_start_with(match credentials {
+            None => Auth::Anonymous,
+            Some((user, password)) => Auth::Htpasswd { user, password },
+        })
+    }
+
+    fn try_start_with(auth: Auth) -> anyhow::Result<Registry> {
         let binary = std::env::var_os("CRIUS_TEST_REGISTRY")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(REGISTRY_BINARY));
@@ -97,7 +153,7 @@ impl Registry {
             .prefix("crius-registry-")
             .tempdir()
             .context("temp dir")?;
-        if let Some((user, password)) = &credentials {
+        if let Auth::Htpasswd { user, password } = &auth {
             // Cost 4 (the minimum) keeps each authenticated request cheap; the registry accepts any cost.
             let hash = bcrypt::hash(password, 4).context("bcrypt")?;
             fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n"))?;
@@ -120,10 +176,7 @@ impl Registry {
                 .port();
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let config = dir.path().join("config.yml");
-            fs::write(
-                &config,
-                config_yaml(dir.path(), addr, credentials.is_some()),
-            )?;
+            fs::write(&config, config_yaml(dir.path(), addr, &auth))?;
             let log = File::create(&log_path)?;
             let mut child = Command::new(&binary)
                 .arg("serve")
@@ -139,7 +192,7 @@ impl Registry {
                         child,
                         addr,
                         dir,
-                        credentials,
+                        auth,
                         http,
                     });
                 }
@@ -187,12 +240,14 @@ impl Registry {
 
     /// The credentials given to [`Registry::start_with_htpasswd`].
     pub fn credentials(&self) -> Option<(&str, &str)> {
-        self.credentials
-            .as_ref()
-            .map(|(u, p)| (u.as_str(), p.as_str()))
+        match &self.auth {
+            Auth::Htpasswd { user, password } => Some((user.as_str(), password.as_str())),
+            Auth::Anonymous | Auth::Token { .. } => None,
+        }
     }
 
-    /// GET `path` (e.g. `/v2/busybox/manifests/latest`) with these Accept types, with the credentials if any.
+    /// GET `path` (e.g. `/v2/busybox/manifests/latest`) with these Accept types, authenticated when the
+    /// registry needs it.
     pub fn get(&self, path: &str, accept: &[&str]) -> anyhow::Result<Reply> {
         let accept = accept.join(", ");
         self.request("GET", &self.url(path), &[("Accept", &accept)], None, true)
@@ -204,7 +259,7 @@ impl Registry {
         self.request("GET", &self.url(path), &[("Accept", &accept)], None, false)
     }
 
-    /// HEAD `path`, with the credentials if any.
+    /// HEAD `path`, authenticated when the registry needs it.
     pub fn head(&self, path: &str) -> anyhow::Result<Reply> {
         self.request("HEAD", &self.url(path), &[], None, true)
     }
@@ -317,8 +372,15 @@ impl Registry {
         body: Option<&[u8]>,
         authenticate: bool,
     ) -> anyhow::Result<Reply> {
-        let credentials = self.credentials.as_ref().filter(|_| authenticate);
-        http_request(&self.http, credentials, method, url, headers, body)
+        let authorization = self.auth.authorization().filter(|_| authenticate);
+        http_request(
+            &self.http,
+            authorization.as_deref(),
+            method,
+            url,
+            headers,
+            body,
+        )
     }
 }
 
@@ -343,7 +405,7 @@ fn wait_ready(child: &mut Child, http: &ureq::Agent, addr: SocketAddr) -> anyhow
 
 fn http_request(
     http: &ureq::Agent,
-    credentials: Option<&(String, String)>,
+    authorization: Option<&str>,
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
@@ -353,11 +415,8 @@ fn http_request(
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    if let Some((user, password)) = credentials {
-        builder = builder.header(
-            "Authorization",
-            format!("Basic {}", base64(format!("{user}:{password}").as_bytes())),
-        );
+    if let Some(authorization) = authorization {
+        builder = builder.header("Authorization", authorization);
     }
     let response = match body {
         Some(body) => http.run(builder.body(body)?),
@@ -407,6 +466,10 @@ impl Drop for Registry {
     }
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn describe(reply: &Reply) -> String {
     format!(
         "HTTP {}: {}",
@@ -415,15 +478,17 @@ fn describe(reply: &Reply) -> String {
     )
 }
 
-fn config_yaml(dir: &Path, addr: SocketAddr, htpasswd: bool) -> String {
+fn config_yaml(dir: &Path, addr: SocketAddr, auth: &Auth) -> String {
     let storage = dir.join("storage");
-    let auth = if htpasswd {
-        format!(
+    let auth = match auth {
+        Auth::Anonymous => String::new(),
+        Auth::Htpasswd { .. } => format!(
             "auth:\n  htpasswd:\n    realm: crius-test-registry\n    path: {}\n",
             dir.join("htpasswd").display()
-        )
-    } else {
-        String::new()
+        ),
+        Auth::Token { realm, service } => {
+            format!("auth:\n  silly:\n    realm: \"{realm}\"\n    service: \"{service}\"\n")
+        }
     };
     format!(
         "version: 0.1
@@ -447,6 +512,11 @@ http:
     )
 }
 
+/// `Basic <base64 of user:password>`, the Authorization header value of HTTP basic auth.
+pub fn basic_authorization(user: &str, password: &str) -> String {
+    format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
+}
+
 fn base64(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
@@ -466,266 +536,6 @@ fn base64(input: &[u8]) -> String {
         }
     }
     out
-}
-
-/// What [`FaultProxy`] does to `GET .../blobs/<digest>` answers for one digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fault {
-    /// Serve the blob with its last byte flipped (same length, same headers).
-    Corrupt(String),
-    /// Send the headers and the first half of the body, then nothing more until the proxy is dropped.
-    Stall(String),
-}
-
-/// A plain-HTTP proxy on 127.0.0.1 in front of a [`Registry`]: point a client at [`FaultProxy::host`] instead
-/// of the registry. One request per connection (`Connection: close` both ways); requests with a body must
-/// carry Content-Length. Blobs named in the faults are corrupted or stalled on GET; everything else passes
-/// through byte for byte. Every request is recorded. Drop stops it and joins its threads.
-pub struct FaultProxy {
-    addr: SocketAddr,
-    shared: Arc<ProxyShared>,
-    accept: Option<JoinHandle<()>>,
-}
-
-struct ProxyShared {
-    upstream: SocketAddr,
-    faults: Vec<Fault>,
-    stop: AtomicBool,
-    requests: Mutex<Vec<String>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
-}
-
-impl FaultProxy {
-    pub fn start(registry: &Registry, faults: Vec<Fault>) -> FaultProxy {
-        FaultProxy::start_for(registry.addr(), faults)
-    }
-
-    /// A proxy in front of any HTTP server on loopback.
-    pub fn start_for(upstream: SocketAddr, faults: Vec<Fault>) -> FaultProxy {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap_or_else(|e| panic!("fault proxy: bind 127.0.0.1:0: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("fault proxy: local_addr: {e}"));
-        listener
-            .set_nonblocking(true)
-            .unwrap_or_else(|e| panic!("fault proxy: nonblocking: {e}"));
-        let shared = Arc::new(ProxyShared {
-            upstream,
-            faults,
-            stop: AtomicBool::new(false),
-            requests: Mutex::new(Vec::new()),
-            workers: Mutex::new(Vec::new()),
-        });
-        let accept_shared = Arc::clone(&shared);
-        let accept = thread::spawn(move || accept_loop(&listener, &accept_shared));
-        FaultProxy {
-            addr,
-            shared,
-            accept: Some(accept),
-        }
-    }
-
-    /// `127.0.0.1:<port>`.
-    pub fn host(&self) -> String {
-        self.addr.to_string()
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Every request so far, as `"METHOD /path?query"`, in arrival order.
-    pub fn requests(&self) -> Vec<String> {
-        lock(&self.shared.requests).clone()
-    }
-
-    /// How many `method` requests had a path containing `needle` (e.g. a blob digest).
-    pub fn count(&self, method: &str, needle: &str) -> usize {
-        lock(&self.shared.requests)
-            .iter()
-            .filter(|r| {
-                r.split_once(' ')
-                    .is_some_and(|(m, path)| m == method && path.contains(needle))
-            })
-            .count()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
-        let workers = std::mem::take(&mut *lock(&self.shared.workers));
-        for worker in workers {
-            let _ = worker.join();
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn accept_loop(listener: &TcpListener, shared: &Arc<ProxyShared>) {
-    while !shared.stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((client, _)) => {
-                let worker_shared = Arc::clone(shared);
-                let worker = thread::spawn(move || {
-                    if let Err(e) = serve_one(client, &worker_shared)
-                        && !worker_shared.stop.load(Ordering::SeqCst)
-                    {
-                        eprintln!("fault proxy: {e:#}");
-                    }
-                });
-                lock(&shared.workers).push(worker);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => {
-                eprintln!("fault proxy: accept: {e}");
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-/// Reads an HTTP head (up to the blank line), giving up when the proxy stops.
-fn read_head(reader: &mut impl BufRead, stop: &AtomicBool) -> anyhow::Result<Vec<u8>> {
-    let mut head = Vec::new();
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            bail!("proxy stopped");
-        }
-        match reader.read_until(b'\n', &mut head) {
-            Ok(0) => bail!("connection closed before the end of the HTTP head"),
-            Ok(_) if head.ends_with(b"\r\n\r\n") || head == b"\r\n" => return Ok(head),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e.into()),
-        }
-        if head.len() > 64 * 1024 {
-            bail!("HTTP head longer than 64 KiB");
-        }
-    }
-}
-
-/// Rewrites a head's header lines: drops hop-by-hop ones, adds `Connection: close`.
-fn rewrite_head(head: &[u8]) -> anyhow::Result<Head> {
-    let text = std::str::from_utf8(head).context("HTTP head is not UTF-8")?;
-    let mut lines = text.split("\r\n");
-    let first = lines.next().unwrap_or_default().to_string();
-    let mut out = format!("{first}\r\n");
-    let mut length = None;
-    let mut chunked = false;
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':').unwrap_or((line, ""));
-        let lower = name.trim().to_ascii_lowercase();
-        match lower.as_str() {
-            "connection" | "keep-alive" | "proxy-connection" => continue,
-            "content-length" => length = value.trim().parse().ok(),
-            "transfer-encoding" => chunked = true,
-            _ => {}
-        }
-        out.push_str(line);
-        out.push_str("\r\n");
-    }
-    out.push_str("Connection: close\r\n\r\n");
-    Ok(Head {
-        first,
-        bytes: out.into_bytes(),
-        length,
-        chunked,
-    })
-}
-
-struct Head {
-    /// The request or status line.
-    first: String,
-    /// The rewritten head, blank line included.
-    bytes: Vec<u8>,
-    length: Option<u64>,
-    chunked: bool,
-}
-
-fn serve_one(client: TcpStream, shared: &ProxyShared) -> anyhow::Result<()> {
-    client.set_nonblocking(false)?;
-    client.set_read_timeout(Some(Duration::from_millis(200)))?;
-    client.set_write_timeout(Some(Duration::from_secs(30)))?;
-    let mut from_client = BufReader::new(client.try_clone()?);
-    let mut to_client = client;
-    let head = read_head(&mut from_client, &shared.stop)?;
-    let request = rewrite_head(&head)?;
-    if request.chunked {
-        bail!("chunked request bodies are not supported by the fault proxy");
-    }
-    let mut parts = request.first.split(' ');
-    let method = parts.next().unwrap_or_default().to_string();
-    let path = parts.next().unwrap_or_default().to_string();
-    lock(&shared.requests).push(format!("{method} {path}"));
-
-    let mut upstream = TcpStream::connect(shared.upstream).context("connect to the registry")?;
-    upstream.write_all(&request.bytes)?;
-    if let Some(length) = request.length {
-        from_client
-            .get_mut()
-            .set_read_timeout(Some(Duration::from_secs(30)))?;
-        let copied = std::io::copy(&mut (&mut from_client).take(length), &mut upstream)?;
-        if copied != length {
-            bail!("request body ended after {copied} of {length} bytes");
-        }
-    }
-    let mut from_upstream = BufReader::new(upstream);
-    let never_stop = AtomicBool::new(false);
-    let response_head = read_head(&mut from_upstream, &never_stop)?;
-    let response = rewrite_head(&response_head)?;
-    let fault = (method == "GET" && response.first.split(' ').nth(1) == Some("200"))
-        .then(|| {
-            shared.faults.iter().find(|f| match f {
-                Fault::Corrupt(d) | Fault::Stall(d) => path.ends_with(&format!("/blobs/{d}")),
-            })
-        })
-        .flatten();
-    if fault.is_some() && response.chunked {
-        bail!("cannot corrupt or stall a chunked response ({method} {path})");
-    }
-    to_client.write_all(&response.bytes)?;
-    match fault {
-        None => {
-            std::io::copy(&mut from_upstream, &mut to_client)?;
-        }
-        Some(Fault::Corrupt(_)) => {
-            let mut body = Vec::new();
-            from_upstream.read_to_end(&mut body)?;
-            if let Some(last) = body.last_mut() {
-                *last ^= 1;
-            }
-            to_client.write_all(&body)?;
-        }
-        Some(Fault::Stall(_)) => {
-            let mut body = Vec::new();
-            from_upstream.read_to_end(&mut body)?;
-            to_client.write_all(&body[..body.len() / 2])?;
-            to_client.flush()?;
-            while !shared.stop.load(Ordering::SeqCst) {
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-    to_client.flush()?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -680,3 +680,62 @@ async fn a_dead_mirror_falls_back_to_the_registry() {
     assert_eq!(list(&c, None).await[0].repo_tags, vec![reference]);
     assert_clean(&c).await;
 }
+
+#[tokio::test]
+async fn restart_clears_half_done_pulls_and_orphan_layers() {
+    let registry = Registry::start();
+    let proxy = FaultProxy::start(&registry, vec![]);
+    let mut c = Crius::start(Options::new()).await;
+    let image = small_image("kept");
+    image.push(&registry, "kept", "1").unwrap();
+    let reference = format!("{}/kept:1", proxy.host());
+    pull(&c, &reference).await;
+    let chains = chain_ids(&status(&c, &reference).await);
+    let before = layer_dirs(&c);
+    assert_eq!(before.len(), 2, "{before:?}");
+    c.stop();
+
+    // What a crash mid-pull leaves: a partial blob and a half-unpacked layer in tmp/, and a layer under its
+    // chain id that no image record names (the crash came before the image was recorded).
+    let tmp = images_dir(&c).join("tmp");
+    std::fs::write(tmp.join("blob-999999-0"), b"half a blob").unwrap();
+    std::fs::create_dir_all(tmp.join("layer-999999-1/usr/bin")).unwrap();
+    std::fs::write(tmp.join("layer-999999-1/usr/bin/half"), b"x").unwrap();
+    let orphan_id = crius_e2e::registry::sha256_digest(b"a layer no image uses");
+    let orphan = images_dir(&c)
+        .join("layers")
+        .join(orphan_id.trim_start_matches("sha256:"));
+    assert!(!before.contains(&orphan.file_name().unwrap().to_string_lossy().into_owned()));
+    std::fs::create_dir_all(orphan.join("etc")).unwrap();
+    std::fs::write(orphan.join("etc/orphan"), b"o").unwrap();
+
+    c.launch().await.unwrap();
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "tmp/ was not emptied at startup: {left:?}");
+    assert!(!orphan.exists(), "the orphan layer survived the restart");
+    assert_eq!(layer_dirs(&c), before, "the image's layers are kept");
+    let img = status(&c, &reference).await.image.unwrap();
+    assert_eq!(img.id, image.id());
+    assert_eq!(img.repo_tags, vec![reference.clone()]);
+    assert_eq!(list(&c, None).await.len(), 1);
+    let layers = images_dir(&c).join("layers");
+    assert_eq!(
+        std::fs::read_to_string(layers.join(&chains[1]).join("etc/marker")).unwrap(),
+        "kept"
+    );
+    assert!(layers.join(&chains[0]).join("bin/busybox").is_file());
+    // The layer records survived too: pulling again downloads no layer.
+    pull(&c, &reference).await;
+    for l in &image.layers {
+        assert_eq!(
+            proxy.count("GET", &l.blob.digest),
+            1,
+            "{:?}",
+            proxy.requests()
+        );
+    }
+    assert_clean(&c).await;
+}
