@@ -4,13 +4,18 @@
 #![deny(unsafe_code)]
 
 pub mod cgroup;
+pub mod container;
+pub mod crilog;
+pub mod identity;
 pub mod sysctl;
 
 #[allow(unsafe_code)]
 mod sys;
 
 pub mod layer;
+pub mod monitor;
 pub mod mount;
 pub mod ns;
 pub mod pause;
 pub mod process;
+pub mod seccomp;

@@ -362,6 +362,54 @@ pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> Result<bool,
     }
 }
 
+/// Which side of [`fork_single_threaded`] we are on.
+pub(crate) enum ForkSide {
+    Child,
+    Parent(i32),
+}
+
+/// fork(2) for a process that has exactly one thread (the pod monitor and the children it forks), so the child
+/// may allocate, lock and log freely. Refuses (EINVAL) when the process has more than one thread.
+pub(crate) fn fork_single_threaded() -> Result<ForkSide, Errno> {
+    // Unreadable (0) once a process joined another mount namespace whose /proc belongs to a PID namespace it is
+    // not in (the exec helper after setns): it is a freshly exec'd, single-threaded program then.
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    if threads > 1 {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: the process has a single thread (checked just above where /proc allows, and by construction for
+    // the exec helper; no thread can appear in between since only this thread could create one), so the child's
+    // copy of every lock and allocator state is consistent.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => Ok(ForkSide::Child),
+        nix::unistd::ForkResult::Parent { child } => Ok(ForkSide::Parent(child.as_raw())),
+    }
+}
+
+/// Marks every descriptor from `first` up close-on-exec (close_range with CLOSE_RANGE_CLOEXEC): nothing of the
+/// monitor leaks into a container (runc CVE-2024-21626).
+pub(crate) fn cloexec_from(first: u32) -> Result<(), Errno> {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags; no memory is passed.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Makes the terminal `fd` the controlling terminal of the calling session leader (TIOCSCTTY).
+pub(crate) fn set_controlling_tty(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal); `fd` is valid for the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// `_exit(2)`: ends a forked child without running the parent's atexit handlers or flushing its buffers.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no memory of ours.
+    unsafe { libc::_exit(code) }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

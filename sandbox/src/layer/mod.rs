@@ -36,7 +36,7 @@
 //! renames. An error leaves a partial tree in `dest` for the caller to remove.
 
 mod entry;
-mod resolve;
+pub(crate) mod resolve;
 mod sync;
 
 use std::io::{self, BufRead, BufReader, Read};

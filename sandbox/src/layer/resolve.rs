@@ -23,7 +23,7 @@ const IMPLICIT_DIR_MODE: u32 = 0o755;
 ///
 /// Empty and `.` components are dropped, leading `/` are stripped (as containerd does for absolute names), `a/..`
 /// cancels out. `Err` when a `..` would climb above the root. An empty result names the root itself.
-pub(super) fn clean(raw: &[u8]) -> Result<Vec<OsString>, &'static str> {
+pub(crate) fn clean(raw: &[u8]) -> Result<Vec<OsString>, &'static str> {
     let mut out: Vec<OsString> = Vec::new();
     for comp in raw.split(|b| *b == b'/') {
         match comp {
@@ -56,13 +56,13 @@ fn dir_flags() -> OFlags {
 }
 
 /// A descriptor of the layer root; every path the unpacker touches is resolved against it.
-pub(super) struct Root {
+pub(crate) struct Root {
     fd: OwnedFd,
 }
 
 impl Root {
     /// Opens `dest` (the caller's own path, trusted) as the root.
-    pub(super) fn open(dest: &Path) -> io::Result<Self> {
+    pub(crate) fn open(dest: &Path) -> io::Result<Self> {
         let fd = rustix::fs::open(dest, dir_flags(), Mode::empty())?;
         Ok(Self { fd })
     }
@@ -84,7 +84,7 @@ impl Root {
     }
 
     /// Opens the directory named by `comps`, every symlink on the way resolved inside the root.
-    pub(super) fn dir(&self, comps: &[OsString]) -> io::Result<OwnedFd> {
+    pub(crate) fn dir(&self, comps: &[OsString]) -> io::Result<OwnedFd> {
         if comps.is_empty() {
             return Ok(rustix::fs::openat(
                 &self.fd,
@@ -107,7 +107,7 @@ impl Root {
     ///
     /// A component that exists but cannot be opened as a directory (a file, or a symlink whose in-root target is
     /// missing or not a directory) is an error: the entry has nowhere safe to go.
-    pub(super) fn dir_all(&self, comps: &[OsString]) -> io::Result<OwnedFd> {
+    pub(crate) fn dir_all(&self, comps: &[OsString]) -> io::Result<OwnedFd> {
         match self.dir(comps) {
             Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {}
             other => return other,
