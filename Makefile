@@ -35,13 +35,15 @@ vm-setup: setup-packages
 build: setup-packages
 	$(CARGO) build --workspace
 
-# crius-pause is linked statically in release builds: its pages are then shared by every pause of the node and it
-# stays under 1 MB RSS (dynamically linked, glibc and the loader alone take ~1.7 MB of VmRSS).
+# crius-pause and crius-monitor (one of each per pod) are linked statically in release builds: their pages are
+# then shared by every pod of the node and they stay small (dynamically linked, glibc and the loader alone take
+# ~1.7 MB of VmRSS).
 release: setup-packages
 	$(CARGO) build --workspace --release
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p crius-sandbox --bin crius-pause \
-	  --target x86_64-unknown-linux-gnu
+	  --bin crius-monitor --target x86_64-unknown-linux-gnu
 	cp target/x86_64-unknown-linux-gnu/release/crius-pause target/release/crius-pause
+	cp target/x86_64-unknown-linux-gnu/release/crius-monitor target/release/crius-monitor
 
 # One command that runs crius on a fresh machine, with the embedded default config.
 run: release

@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
 with_cni=0
 [ "${1:-}" = "--with-cni-config" ] && with_cni=1
-for b in target/release/crius target/release/crius-pause; do
+for b in target/release/crius target/release/crius-pause target/release/crius-monitor; do
   [ -x "$b" ] || { echo "install.sh: $b missing; run 'make release' first" >&2; exit 1; }
 done
 install -D -m 0755 target/release/crius /usr/local/bin/crius
 install -D -m 0755 target/release/crius-pause /usr/local/bin/crius-pause
+install -D -m 0755 target/release/crius-monitor /usr/local/bin/crius-monitor
 if [ ! -e /etc/crius/config.toml ]; then
   install -D -m 0644 deploy/config.toml /etc/crius/config.toml
   # The installed binary finds pause next to itself; say so explicitly for clarity.

@@ -283,6 +283,15 @@ impl Config {
     }
 }
 
+/// The pod monitor binary: next to our own executable (where `make release` and the install script put it).
+pub fn monitor_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("crius-monitor")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/usr/local/bin/crius-monitor"))
+}
+
 fn valid_cidr(s: &str) -> bool {
     let Some((addr, len)) = s.split_once('/') else {
         return false;

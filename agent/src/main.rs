@@ -3,6 +3,7 @@
 
 mod check;
 mod config;
+mod container;
 mod error;
 mod grpc;
 #[allow(dead_code)] // the ImageService (issue 3) is wired up next

@@ -7,6 +7,7 @@ use crius_proto::v1;
 use crius_sandbox::cgroup::CgroupManager;
 
 use crate::config::Config;
+use crate::container::service::Containers;
 use crate::error::{Error, Result};
 use crate::image::Images;
 use crate::image::service::PullSettings;
@@ -19,6 +20,7 @@ pub const LIMIT_CONTROLLERS: [&str; 6] = ["cpu", "cpuset", "memory", "pids", "hu
 pub struct Runtime {
     pub config: Config,
     pub pods: Arc<Pods>,
+    pub containers: Arc<Containers>,
     pub images: Arc<Images>,
     /// What the cgroup tree allows, said once at startup and in Status.
     pub cgroup_report: CgroupReport,
@@ -100,14 +102,47 @@ impl Runtime {
                 .map_err(|e| Error::sandbox("open the image store", e))??;
             Arc::new(images)
         };
-        let pods = Arc::new(Pods::new(config.clone(), store, cg.ok()));
+        let container_cgroups = cgroup_manager(&config).ok();
+        let pods = Arc::new(Pods::new(config.clone(), store.clone(), cg.ok()));
         pods.recover().await?;
+        let containers = Arc::new(Containers::new(
+            config.clone(),
+            store,
+            container_cgroups,
+            pods.clone(),
+            images.clone(),
+        ));
+        containers.recover().await?;
         Ok(Runtime {
             config,
             pods,
+            containers,
             images,
             cgroup_report,
         })
+    }
+
+    /// StopPodSandbox: the containers are killed (and their exits recorded) before the pod's own teardown.
+    pub async fn stop_pod(&self, id: &str) -> Result<()> {
+        match self.pods.get(id) {
+            Ok(pod) => {
+                self.containers.stop_pod(&pod.id, &pod.pod_dir).await?;
+                self.pods.stop(&pod.id).await
+            }
+            // Whatever the pod service says about an unknown or malformed id stands.
+            Err(_) => self.pods.stop(id).await,
+        }
+    }
+
+    /// RemovePodSandbox: the containers go first.
+    pub async fn remove_pod(&self, id: &str) -> Result<()> {
+        match self.pods.get(id) {
+            Ok(pod) => {
+                self.containers.remove_pod(&pod.id, &pod.pod_dir).await?;
+                self.pods.remove(&pod.id).await
+            }
+            Err(_) => self.pods.remove(id).await,
+        }
     }
 
     pub fn status(&self, verbose: bool) -> v1::StatusResponse {

@@ -21,7 +21,9 @@ pub const CGROUPS: Table = Table(TableDefinition::new("cgroups"));
 pub const IMAGES: Table = Table(TableDefinition::new("images"));
 /// Unpacked layers (key: chain id).
 pub const LAYERS: Table = Table(TableDefinition::new("layers"));
-const ALL_TABLES: [Table; 4] = [PODS, CGROUPS, IMAGES, LAYERS];
+/// Containers (key: container id).
+pub const CONTAINERS: Table = Table(TableDefinition::new("containers"));
+const ALL_TABLES: [Table; 5] = [PODS, CGROUPS, IMAGES, LAYERS, CONTAINERS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -75,8 +75,8 @@ def run(sock, proto, cgroup_parent, out):
     except grpc.RpcError as e:
         seen["unknown_status"] = e.code().name
     try:
-        rt.ListContainers(pb.ListContainersRequest(), timeout=10)
-        seen["list_containers"] = "OK"
+        listed_containers = rt.ListContainers(pb.ListContainersRequest(), timeout=10)
+        seen["list_containers"] = "OK %d" % len(listed_containers.containers)
     except grpc.RpcError as e:
         seen["list_containers"] = e.code().name
     listed = rt.ListPodSandbox(

@@ -394,6 +394,11 @@ impl Crius {
     }
 
     /// The pause binary crius uses (`crius-pause` next to `crius`).
+    /// `crius-monitor`, next to crius (where crius looks for it).
+    pub fn monitor_bin(&self) -> PathBuf {
+        self.bin.with_file_name("crius-monitor")
+    }
+
     pub fn pause_binary(&self) -> &Path {
         &self.pause_bin
     }

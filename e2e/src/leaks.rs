@@ -22,6 +22,19 @@ impl Crius {
                 })),
                 Err(e) => leaks.push(format!("ListPodSandbox failed: {e}")),
             }
+            match self
+                .runtime()
+                .list_containers(crate::v1::ListContainersRequest::default())
+                .await
+            {
+                Ok(r) => leaks.extend(
+                    r.into_inner()
+                        .containers
+                        .iter()
+                        .map(|c| format!("container record {} still listed", c.id)),
+                ),
+                Err(e) => leaks.push(format!("ListContainers failed: {e}")),
+            }
         }
         leaks.extend(self.process_leaks());
         leaks.extend(self.file_leaks());
@@ -69,6 +82,14 @@ impl Crius {
                 ));
                 continue;
             }
+            if procfs::exe(pid).as_deref() == Some(self.monitor_bin().as_path())
+                && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).contains(&*self.paths.state.to_string_lossy())
+                })
+            {
+                found.push((pid, format!("pod monitor {pid} still alive")));
+                continue;
+            }
             if let (Some(crius_pid), Some(st)) = (crius_pid, procfs::stat(pid))
                 && st.ppid == crius_pid
                 && procfs::exe(pid).as_deref() == Some(self.pause_bin.as_path())
@@ -105,6 +126,9 @@ impl Crius {
             for entry in list_dir(&dir) {
                 leaks.push(format!("{} left", entry.display()));
             }
+        }
+        for entry in list_dir(&self.paths.root.join("containers")) {
+            leaks.push(format!("container dir left: {}", entry.display()));
         }
         let cni_cache = self.paths.root.join("cni");
         for file in files_under(&cni_cache) {

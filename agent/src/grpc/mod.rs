@@ -1,6 +1,8 @@
 //! The CRI gRPC services: thin wrappers that convert, call the domain, convert back.
 
+mod container_out;
 mod convert;
+mod convert_container;
 mod convert_image;
 mod status;
 
@@ -106,7 +108,7 @@ impl RuntimeService for Cri {
     ) -> R<v1::StopPodSandboxResponse> {
         let id = req.into_inner().pod_sandbox_id;
         rpc("StopPodSandbox", &id, async {
-            self.rt.pods.stop(&id).await?;
+            self.rt.stop_pod(&id).await?;
             Ok(v1::StopPodSandboxResponse {})
         })
         .await
@@ -118,7 +120,7 @@ impl RuntimeService for Cri {
     ) -> R<v1::RemovePodSandboxResponse> {
         let id = req.into_inner().pod_sandbox_id;
         rpc("RemovePodSandbox", &id, async {
-            self.rt.pods.remove(&id).await?;
+            self.rt.remove_pod(&id).await?;
             Ok(v1::RemovePodSandboxResponse {})
         })
         .await
@@ -202,39 +204,82 @@ impl RuntimeService for Cri {
 
     async fn create_container(
         &self,
-        _r: Request<v1::CreateContainerRequest>,
+        req: Request<v1::CreateContainerRequest>,
     ) -> R<v1::CreateContainerResponse> {
-        unimplemented("CreateContainer")
+        let req = req.into_inner();
+        let pod = req.pod_sandbox_id.clone();
+        rpc("CreateContainer", &pod, async {
+            let (pod_id, config) = convert_container::create_request(req)?;
+            let id = self.rt.containers.create(&pod_id, config).await?;
+            Ok(v1::CreateContainerResponse { container_id: id })
+        })
+        .await
     }
     async fn start_container(
         &self,
-        _r: Request<v1::StartContainerRequest>,
+        req: Request<v1::StartContainerRequest>,
     ) -> R<v1::StartContainerResponse> {
-        unimplemented("StartContainer")
+        let id = req.into_inner().container_id;
+        rpc("StartContainer", &id, async {
+            self.rt.containers.start(&id).await?;
+            Ok(v1::StartContainerResponse {})
+        })
+        .await
     }
     async fn stop_container(
         &self,
-        _r: Request<v1::StopContainerRequest>,
+        req: Request<v1::StopContainerRequest>,
     ) -> R<v1::StopContainerResponse> {
-        unimplemented("StopContainer")
+        let req = req.into_inner();
+        rpc("StopContainer", &req.container_id, async {
+            let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+            self.rt.containers.stop(&req.container_id, timeout).await?;
+            Ok(v1::StopContainerResponse {})
+        })
+        .await
     }
     async fn remove_container(
         &self,
-        _r: Request<v1::RemoveContainerRequest>,
+        req: Request<v1::RemoveContainerRequest>,
     ) -> R<v1::RemoveContainerResponse> {
-        unimplemented("RemoveContainer")
+        let id = req.into_inner().container_id;
+        rpc("RemoveContainer", &id, async {
+            self.rt.containers.remove(&id).await?;
+            Ok(v1::RemoveContainerResponse {})
+        })
+        .await
     }
     async fn list_containers(
         &self,
-        _r: Request<v1::ListContainersRequest>,
+        req: Request<v1::ListContainersRequest>,
     ) -> R<v1::ListContainersResponse> {
-        unimplemented("ListContainers")
+        let req = req.into_inner();
+        rpc("ListContainers", "", async {
+            let filter = container_out::filter(req.filter.as_ref());
+            let records = self.rt.containers.list(&filter).await?;
+            Ok(v1::ListContainersResponse {
+                containers: records.iter().map(container_out::container).collect(),
+            })
+        })
+        .await
     }
     async fn container_status(
         &self,
-        _r: Request<v1::ContainerStatusRequest>,
+        req: Request<v1::ContainerStatusRequest>,
     ) -> R<v1::ContainerStatusResponse> {
-        unimplemented("ContainerStatus")
+        let req = req.into_inner();
+        rpc("ContainerStatus", &req.container_id, async {
+            let rec = self.rt.containers.status(&req.container_id).await?;
+            Ok(v1::ContainerStatusResponse {
+                status: Some(container_out::status(&rec)),
+                info: if req.verbose {
+                    container_out::info(&rec)
+                } else {
+                    Default::default()
+                },
+            })
+        })
+        .await
     }
     async fn update_container_resources(
         &self,
@@ -244,12 +289,31 @@ impl RuntimeService for Cri {
     }
     async fn reopen_container_log(
         &self,
-        _r: Request<v1::ReopenContainerLogRequest>,
+        req: Request<v1::ReopenContainerLogRequest>,
     ) -> R<v1::ReopenContainerLogResponse> {
-        unimplemented("ReopenContainerLog")
+        let id = req.into_inner().container_id;
+        rpc("ReopenContainerLog", &id, async {
+            self.rt.containers.reopen_log(&id).await?;
+            Ok(v1::ReopenContainerLogResponse {})
+        })
+        .await
     }
-    async fn exec_sync(&self, _r: Request<v1::ExecSyncRequest>) -> R<v1::ExecSyncResponse> {
-        unimplemented("ExecSync")
+    async fn exec_sync(&self, req: Request<v1::ExecSyncRequest>) -> R<v1::ExecSyncResponse> {
+        let req = req.into_inner();
+        rpc("ExecSync", &req.container_id, async {
+            let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+            let out = self
+                .rt
+                .containers
+                .exec_sync(&req.container_id, &req.cmd, timeout)
+                .await?;
+            Ok(v1::ExecSyncResponse {
+                stdout: out.stdout,
+                stderr: out.stderr,
+                exit_code: out.exit_code,
+            })
+        })
+        .await
     }
     async fn exec(&self, _r: Request<v1::ExecRequest>) -> R<v1::ExecResponse> {
         unimplemented("Exec")

@@ -15,7 +15,7 @@ use super::content::{self, HashingFile, Paths, RemoveOnDrop};
 use super::reference::Reference;
 use super::registry::{self, Credentials, Remote};
 use crate::config::RegistryConfig;
-use crate::store::{IMAGES, LAYERS, Store};
+use crate::store::{CONTAINERS, IMAGES, LAYERS, Store};
 
 /// An image as recorded in the state store (key: its id, the config digest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -556,6 +556,12 @@ impl Images {
         let mut used: HashSet<String> = lock(&self.active).keys().cloned().collect();
         for r in self.store.list::<ImageRecord>(IMAGES)? {
             used.extend(r.chain_ids);
+        }
+        // A container's rootfs stacks its image's layers: they stay while it exists, even if its image is removed.
+        for c in self.store.list::<serde_json::Value>(CONTAINERS)? {
+            if let Some(ids) = c.get("chain_ids").and_then(|v| v.as_array()) {
+                used.extend(ids.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+            }
         }
         Ok(candidates
             .iter()

@@ -280,7 +280,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A new 64-hex-digit id, as kubelet and crictl expect.
-fn new_id() -> String {
+pub fn new_id() -> String {
     let mut bytes = [0u8; 32];
     if let Err(e) = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))

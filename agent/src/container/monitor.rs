@@ -1,0 +1,123 @@
+//! Talking to a pod's monitor (`crius-monitor`, see `crius_sandbox::monitor`): starting it, and one JSON request
+//! per connection over its socket. The monitor outlives the agent; after a restart the agent simply connects
+//! again.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crius_sandbox::monitor::{Request, Response, SOCKET, short_socket_path};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::error::{Error, Result};
+
+/// How long one monitor request may take (a create mounts and forks; a start execs).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The monitor of one pod, known by its directory (`<state>/pods/<id>`).
+#[derive(Debug, Clone)]
+pub struct MonitorHandle {
+    dir: PathBuf,
+}
+
+impl MonitorHandle {
+    pub fn new(pod_dir: &Path) -> MonitorHandle {
+        MonitorHandle {
+            dir: pod_dir.to_path_buf(),
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join(SOCKET)
+    }
+
+    /// Whether a monitor answers on the socket.
+    pub async fn alive(&self) -> bool {
+        matches!(self.call(&Request::State).await, Ok(Response::State { .. }))
+    }
+
+    /// Starts the monitor unless one already answers. It runs in its own process group (a Ctrl-C or a signal
+    /// to the agent's group does not reach it), logs to `<dir>/monitor.log`, and is reaped by a task of ours
+    /// while we live.
+    pub async fn ensure_running(&self, binary: &Path) -> Result<()> {
+        if self.alive().await {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("monitor.log"))
+            .map_err(|e| Error::sandbox(format!("open {}/monitor.log", self.dir.display()), e))?;
+        let mut child = tokio::process::Command::new(binary)
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| {
+                Error::sandbox(format!("start the pod monitor {}", binary.display()), e)
+            })?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::FailedPrecondition("monitor stdout not piped".into()))?;
+        let mut line = String::new();
+        let read =
+            tokio::time::timeout(CALL_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        match read {
+            Ok(Ok(_)) if line.trim() == "ready" => Ok(()),
+            Ok(Ok(_)) => Err(Error::FailedPrecondition(format!(
+                "the pod monitor did not start: {}",
+                line.trim()
+            ))),
+            Ok(Err(e)) => Err(Error::sandbox("read the pod monitor's readiness", e)),
+            Err(_) => Err(Error::Timeout {
+                op: "pod monitor start",
+                after: CALL_TIMEOUT,
+            }),
+        }
+    }
+
+    /// One request, one response.
+    pub async fn call(&self, req: &Request) -> Result<Response> {
+        let socket = self.socket();
+        let exchange = async {
+            // Through a descriptor of the pod dir: its path may be longer than a sockaddr_un holds.
+            let (_dir, short) = short_socket_path(&self.dir, SOCKET)?;
+            let mut s = UnixStream::connect(&short).await?;
+            let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            s.write_all(&line).await?;
+            let mut out = String::new();
+            BufReader::new(s).read_line(&mut out).await?;
+            serde_json::from_str::<Response>(&out).map_err(std::io::Error::other)
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(Error::sandbox(
+                format!("talk to the pod monitor at {}", socket.display()),
+                e,
+            )),
+            Err(_) => Err(Error::Timeout {
+                op: "pod monitor request",
+                after: CALL_TIMEOUT,
+            }),
+        }
+    }
+
+    /// [`MonitorHandle::call`], with an `Error` response turned into `Err` (`what` names the step).
+    pub async fn expect_ok(&self, req: &Request, what: &str) -> Result<Response> {
+        match self.call(req).await? {
+            Response::Error { message } => {
+                Err(Error::FailedPrecondition(format!("{what}: {message}")))
+            }
+            other => Ok(other),
+        }
+    }
+}
