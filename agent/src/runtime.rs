@@ -113,6 +113,7 @@ impl Runtime {
             images.clone(),
         ));
         containers.recover().await?;
+        tokio::spawn(containers.clone().watch_exits());
         Ok(Runtime {
             config,
             pods,

@@ -535,3 +535,130 @@ async fn exec_sync_runs_in_the_container_with_output_exit_codes_and_timeouts() {
     s.c.stop_and_remove(&pod).await;
     s.c.assert_no_leaks().await;
 }
+
+#[tokio::test]
+async fn container_events_come_in_order_to_every_subscriber() {
+    let s = setup().await;
+    let pod_config = s.c.pod_config("events");
+    let pod = s.c.run_pod(pod_config.clone()).await.unwrap();
+    let mut subscribers = Vec::new();
+    for _ in 0..2 {
+        subscribers.push(
+            s.c.runtime()
+                .get_container_events(v1::GetEventsRequest {})
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let id = create(
+        &s,
+        &pod,
+        &pod_config,
+        container(&s, "brief", &["sh", "-c", "sleep 0.3"]),
+    )
+    .await
+    .unwrap();
+    start(&s, &id).await.unwrap();
+    // Nobody asks for its status: the exit must still become an event.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = [Vec::new(), Vec::new()];
+    for (i, stream) in subscribers.iter_mut().enumerate() {
+        while seen[i].len() < 3 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = tokio::time::timeout(left, stream.message())
+                .await
+                .expect("no event in time")
+                .unwrap()
+                .unwrap();
+            if ev.container_id != id {
+                continue;
+            }
+            assert!(ev.created_at > 0);
+            let pod_status = ev.pod_sandbox_status.as_ref().expect("no pod status");
+            assert_eq!(pod_status.id, pod);
+            assert!(ev.containers_statuses.iter().any(|c| c.id == id), "{ev:?}");
+            seen[i].push(ev.container_event_type);
+        }
+    }
+    use v1::ContainerEventType::*;
+    let want = vec![
+        ContainerCreatedEvent as i32,
+        ContainerStartedEvent as i32,
+        ContainerStoppedEvent as i32,
+    ];
+    assert_eq!(seen[0], want);
+    assert_eq!(seen[1], want);
+    remove(&s, &id).await;
+    let ev = tokio::time::timeout(Duration::from_secs(5), subscribers[0].message())
+        .await
+        .expect("no DELETED event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ev.container_id.as_str(), ev.container_event_type),
+        (id.as_str(), ContainerDeletedEvent as i32)
+    );
+    drop(subscribers);
+    s.c.stop_and_remove(&pod).await;
+    s.c.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn update_container_resources_is_recorded_and_bad_values_are_refused() {
+    let s = setup().await;
+    let pod_config = s.c.pod_config("update");
+    let pod = s.c.run_pod(pod_config.clone()).await.unwrap();
+    let id = create(
+        &s,
+        &pod,
+        &pod_config,
+        container(&s, "upd", &["sleep", "1000"]),
+    )
+    .await
+    .unwrap();
+    start(&s, &id).await.unwrap();
+    let update = |linux: v1::LinuxContainerResources, id: &str| {
+        let mut rt = s.c.runtime();
+        let req = v1::UpdateContainerResourcesRequest {
+            container_id: id.to_string(),
+            linux: Some(linux),
+            ..Default::default()
+        };
+        async move { rt.update_container_resources(req).await }
+    };
+    update(
+        v1::LinuxContainerResources {
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        },
+        &id,
+    )
+    .await
+    .unwrap();
+    let st = status(&s, &id).await;
+    let linux = st.resources.unwrap().linux.unwrap();
+    assert_eq!(
+        (linux.cpu_shares, linux.memory_limit_in_bytes),
+        (512, 64 << 20)
+    );
+    let e = update(
+        v1::LinuxContainerResources {
+            cpu_shares: -5,
+            ..Default::default()
+        },
+        &id,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("cpu_shares"), "{e:?}");
+    let e = update(v1::LinuxContainerResources::default(), "0123456789abcdef")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    remove(&s, &id).await;
+    s.c.stop_and_remove(&pod).await;
+    s.c.assert_no_leaks().await;
+}

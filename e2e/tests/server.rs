@@ -197,8 +197,8 @@ async fn unimplemented_rpcs_say_which() {
     // The ImageService is implemented (issue 3; e2e/tests/images.rs).
     let results = vec![
         (
-            "UpdateContainerResources",
-            rt.update_container_resources(v1::UpdateContainerResourcesRequest::default())
+            "ContainerStats",
+            rt.container_stats(v1::ContainerStatsRequest::default())
                 .await
                 .map(|_| ()),
         ),
@@ -225,10 +225,8 @@ async fn unimplemented_rpcs_say_which() {
                 .map(|_| ()),
         ),
         (
-            "GetContainerEvents",
-            rt.get_container_events(v1::GetEventsRequest::default())
-                .await
-                .map(|_| ()),
+            "Attach",
+            rt.attach(v1::AttachRequest::default()).await.map(|_| ()),
         ),
     ];
     for (rpc, result) in results {

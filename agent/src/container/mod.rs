@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod config;
+pub mod events;
 pub mod exec;
 pub mod layered;
 pub mod monitor;

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use crius_sandbox::cgroup::{self, CgroupDriver, CgroupManager, CreatedCgroup};
 use crius_sandbox::monitor::{Request, Response, Status};
 use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::broadcast;
 
 use super::config::ContainerConfig;
+use super::events::{self, ContainerEvent, EventKind};
 use super::monitor::MonitorHandle;
 use super::record::{ContainerRecord, ContainerState};
 use super::spec::{self, SandboxView, SpecInputs};
@@ -48,6 +50,7 @@ pub struct Containers {
     names: Mutex<HashMap<NameKey, String>>,
     /// One lifecycle operation per container at a time.
     busy: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    events: broadcast::Sender<ContainerEvent>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -76,7 +79,32 @@ impl Containers {
             records: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
+            events: events::channel(),
         }
+    }
+
+    pub(super) fn events(&self) -> &broadcast::Sender<ContainerEvent> {
+        &self.events
+    }
+
+    /// Containers whose state may still change on its own (created or running).
+    pub(super) fn live_ids(&self) -> Vec<String> {
+        lock(&self.records)
+            .values()
+            .filter(|r| matches!(r.state, ContainerState::Created | ContainerState::Running))
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
+    /// The records of a pod's containers as last seen (no monitor round trip), for event payloads.
+    pub fn snapshot_of_pod(&self, pod_id: &str) -> Vec<ContainerRecord> {
+        let mut v: Vec<ContainerRecord> = lock(&self.records)
+            .values()
+            .filter(|r| r.pod_id == pod_id && r.state != ContainerState::Creating)
+            .cloned()
+            .collect();
+        v.sort_by_key(|r| r.created_at);
+        v
     }
 
     /// Loads the records of a previous run; a CreateContainer cut short by a crash is undone.
@@ -93,9 +121,16 @@ impl Containers {
         Ok(())
     }
 
+    /// Commits the record; a state change publishes its event (after the commit, so a subscriber that acts on it
+    /// finds the new state).
     fn save(&self, rec: &ContainerRecord) -> Result<()> {
         self.store.put(CONTAINERS, &rec.id, rec)?;
-        lock(&self.records).insert(rec.id.clone(), rec.clone());
+        let before = lock(&self.records)
+            .insert(rec.id.clone(), rec.clone())
+            .map(|r| r.state);
+        if let Some(kind) = events::transition(before, rec.state) {
+            let _ = self.events.send(events::event(rec, kind));
+        }
         Ok(())
     }
 
@@ -465,7 +500,11 @@ impl Containers {
             }
         }
         self.store.delete(CONTAINERS, &rec.id)?;
-        lock(&self.records).remove(&rec.id);
+        if let Some(gone) = lock(&self.records).remove(&rec.id)
+            && gone.state != ContainerState::Creating
+        {
+            let _ = self.events.send(events::event(&gone, EventKind::Deleted));
+        }
         let key = name_key(&rec.pod_id, &rec.config);
         let mut names = lock(&self.names);
         if names.get(&key) == Some(&rec.id) {
@@ -569,6 +608,35 @@ impl Containers {
         }
         out.sort_by_key(|r| r.created_at);
         Ok(out)
+    }
+
+    /// UpdateContainerResources: the limits are written to the container's cgroup now, then recorded.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: super::config::ContainerResources,
+    ) -> Result<()> {
+        let mut rec = self.status(id).await?;
+        let slot = self.slot(&rec.id);
+        let _busy = slot.lock().await;
+        if !matches!(rec.state, ContainerState::Created | ContainerState::Running) {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {:?}: only a created or running container can be updated",
+                rec.id, rec.state
+            )));
+        }
+        if let (Some(cg), Some(path)) = (&self.cgroups, &rec.cgroup) {
+            let unenforced = cg
+                .apply(path, &resources.to_cgroup())
+                .map_err(|e| Error::invalid("linux", crate::error::chain(&e)))?;
+            if !unenforced.is_empty() {
+                tracing::info!(container = %rec.id, limits = ?unenforced.iter().map(|u| &u.limit).collect::<Vec<_>>(), "limits not enforceable on this host");
+            }
+        }
+        rec.config.resources = Some(resources);
+        self.save(&rec)?;
+        tracing::info!(container = %rec.id, "resources updated");
+        Ok(())
     }
 
     /// ReopenContainerLog: only for a running container.

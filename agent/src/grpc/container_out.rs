@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use crius_proto::v1;
 
 use crate::container::config::ContainerConfig;
+use crate::container::events::{ContainerEvent, EventKind};
 use crate::container::record::{ContainerRecord, ContainerState};
 use crate::container::service::ContainerFilter;
 
@@ -104,6 +105,32 @@ pub fn info(r: &ContainerRecord) -> HashMap<String, String> {
         "runtimeSpec": spec,
     });
     HashMap::from([("info".to_string(), info.to_string())])
+}
+
+/// One GetContainerEvents message: the event with the pod's status and its containers' statuses as they are now.
+pub fn event(rt: &crate::runtime::Runtime, ev: &ContainerEvent) -> v1::ContainerEventResponse {
+    let kind = match ev.kind {
+        EventKind::Created => v1::ContainerEventType::ContainerCreatedEvent,
+        EventKind::Started => v1::ContainerEventType::ContainerStartedEvent,
+        EventKind::Stopped => v1::ContainerEventType::ContainerStoppedEvent,
+        EventKind::Deleted => v1::ContainerEventType::ContainerDeletedEvent,
+    };
+    v1::ContainerEventResponse {
+        container_id: ev.container_id.clone(),
+        container_event_type: kind as i32,
+        created_at: ev.at,
+        pod_sandbox_status: rt
+            .pods
+            .get(&ev.pod_id)
+            .ok()
+            .map(|p| super::convert::pod_status(&p)),
+        containers_statuses: rt
+            .containers
+            .snapshot_of_pod(&ev.pod_id)
+            .iter()
+            .map(status)
+            .collect(),
+    }
 }
 
 pub fn filter(f: Option<&v1::ContainerFilter>) -> ContainerFilter {

@@ -283,9 +283,21 @@ impl RuntimeService for Cri {
     }
     async fn update_container_resources(
         &self,
-        _r: Request<v1::UpdateContainerResourcesRequest>,
+        req: Request<v1::UpdateContainerResourcesRequest>,
     ) -> R<v1::UpdateContainerResourcesResponse> {
-        unimplemented("UpdateContainerResources")
+        let req = req.into_inner();
+        rpc("UpdateContainerResources", &req.container_id, async {
+            let linux = req.linux.as_ref().ok_or_else(|| {
+                Error::invalid("linux", "is required (crius runs Linux containers)")
+            })?;
+            let resources = convert_container::container_resources(linux, "linux")?;
+            self.rt
+                .containers
+                .update_resources(&req.container_id, resources)
+                .await?;
+            Ok(v1::UpdateContainerResourcesResponse {})
+        })
+        .await
     }
     async fn reopen_container_log(
         &self,
@@ -370,7 +382,27 @@ impl RuntimeService for Cri {
         &self,
         _r: Request<v1::GetEventsRequest>,
     ) -> R<Self::GetContainerEventsStream> {
-        unimplemented("GetContainerEvents")
+        let rx = self.rt.containers.subscribe();
+        let rt = self.rt.clone();
+        tracing::debug!("GetContainerEvents subscriber joined");
+        let stream = futures_util::stream::unfold((rx, rt), |(mut rx, rt)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        let item = container_out::event(&rt, &ev);
+                        return Some((Ok(item), (rx, rt)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(
+                            lost = n,
+                            "a GetContainerEvents subscriber fell behind; events lost"
+                        );
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
     async fn list_metric_descriptors(
         &self,
