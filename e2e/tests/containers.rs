@@ -375,53 +375,88 @@ async fn stopping_the_pod_kills_its_containers_and_removing_it_removes_them() {
 #[tokio::test]
 async fn killing_crius_leaves_containers_running_and_exits_are_recorded_while_it_is_down() {
     let mut s = setup().await;
-    let pod_config = s.c.pod_config("survivor");
-    let pod = s.c.run_pod(pod_config.clone()).await.unwrap();
-    let keeps = create(
-        &s,
-        &pod,
-        &pod_config,
-        container(
+    // 5 pods x 2 containers: one keeps logging, one exits (with the pod's number as its code) while crius is down.
+    let mut pods = Vec::new();
+    for n in 0..5 {
+        let pod_config = s.c.pod_config(&format!("survivor{n}"));
+        let pod = s.c.run_pod(pod_config.clone()).await.unwrap();
+        let keeps = create(
             &s,
-            "keeps",
-            &["sh", "-c", "while true; do echo tick; sleep 0.2; done"],
-        ),
-    )
-    .await
-    .unwrap();
-    let ends = create(
-        &s,
-        &pod,
-        &pod_config,
-        container(&s, "ends", &["sh", "-c", "sleep 2; exit 5"]),
-    )
-    .await
-    .unwrap();
-    start(&s, &keeps).await.unwrap();
-    start(&s, &ends).await.unwrap();
+            &pod,
+            &pod_config,
+            container(
+                &s,
+                "keeps",
+                &["sh", "-c", "while true; do echo tick; sleep 0.2; done"],
+            ),
+        )
+        .await
+        .unwrap();
+        let script = format!("sleep 2; exit {}", 10 + n);
+        let ends = create(
+            &s,
+            &pod,
+            &pod_config,
+            container(&s, "ends", &["sh", "-c", &script]),
+        )
+        .await
+        .unwrap();
+        start(&s, &keeps).await.unwrap();
+        start(&s, &ends).await.unwrap();
+        pods.push((pod, pod_config, keeps, ends, 10 + n));
+    }
+    let before: Vec<Vec<String>> = {
+        let mut v = Vec::new();
+        for (_, _, keeps, ends, _) in &pods {
+            v.push(vec![status(&s, keeps).await.id, status(&s, ends).await.id]);
+        }
+        v
+    };
     s.c.kill();
-    let log = std::path::PathBuf::from(&pod_config.log_directory).join("keeps.log");
-    let before = log_records(&log).len();
+    let logs: Vec<std::path::PathBuf> = pods
+        .iter()
+        .map(|(_, cfg, _, _, _)| std::path::PathBuf::from(&cfg.log_directory).join("keeps.log"))
+        .collect();
+    let lines_before: Vec<usize> = logs.iter().map(|l| log_records(l).len()).collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Logs kept flowing without crius.
-    assert!(
-        log_records(&log).len() > before + 5,
-        "the log stopped while crius was down"
-    );
+    for (l, n) in logs.iter().zip(&lines_before) {
+        assert!(
+            log_records(l).len() > n + 5,
+            "{} stopped while crius was down",
+            l.display()
+        );
+    }
     s.c.launch().await.unwrap();
-    assert_eq!(list(&s, None).await.len(), 2);
-    assert_eq!(
-        status(&s, &keeps).await.state,
-        v1::ContainerState::ContainerRunning as i32
-    );
-    let st = status(&s, &ends).await;
-    assert_eq!(
-        st.state,
-        v1::ContainerState::ContainerExited as i32,
-        "{st:?}"
-    );
-    assert_eq!(st.exit_code, 5);
-    s.c.stop_and_remove(&pod).await;
+    assert_eq!(list(&s, None).await.len(), 10);
+    for ((_, _, keeps, ends, code), ids) in pods.iter().zip(&before) {
+        assert_eq!(&[keeps.clone(), ends.clone()][..], &ids[..]);
+        assert_eq!(
+            status(&s, keeps).await.state,
+            v1::ContainerState::ContainerRunning as i32
+        );
+        let st = status(&s, ends).await;
+        assert_eq!(
+            st.state,
+            v1::ContainerState::ContainerExited as i32,
+            "{st:?}"
+        );
+        assert_eq!(st.exit_code, *code as i32);
+        assert_eq!(st.reason, "Error");
+    }
+    // The logs of the running ones still flow after the restart too.
+    let now: Vec<usize> = logs.iter().map(|l| log_records(l).len()).collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for (l, n) in logs.iter().zip(&now) {
+        assert!(
+            log_records(l).len() > *n,
+            "{} stopped after the restart",
+            l.display()
+        );
+    }
+    for (pod, _, _, _, _) in &pods {
+        s.c.stop_and_remove(pod).await;
+    }
     assert!(list(&s, None).await.is_empty());
     s.c.assert_no_leaks().await;
 }
