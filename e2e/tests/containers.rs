@@ -441,7 +441,7 @@ async fn killing_crius_leaves_containers_running_and_exits_are_recorded_while_it
             v1::ContainerState::ContainerExited as i32,
             "{st:?}"
         );
-        assert_eq!(st.exit_code, *code as i32);
+        assert_eq!(st.exit_code, *code);
         assert_eq!(st.reason, "Error");
     }
     // The logs of the running ones still flow after the restart too.
