@@ -48,3 +48,4 @@ pub use pod::{NAMESPACE, PodStatus, namespaces, spawn_in_netns, wait_until};
 pub mod bench;
 pub mod images;
 pub mod registry;
+pub mod vm;
