@@ -49,4 +49,14 @@ pub struct ContainerRecord {
     pub log_path: Option<PathBuf>,
     /// The signal StopContainer sends first (the image's StopSignal, else SIGTERM).
     pub stop_signal: i32,
+    /// The identity the process runs as (ContainerStatus.user), from the spec.
+    #[serde(default)]
+    pub user: Option<UserIds>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserIds {
+    pub uid: u32,
+    pub gid: u32,
+    pub supplemental_groups: Vec<u32>,
 }

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use super::config::ContainerConfig;
 use super::events::{self, ContainerEvent, EventKind};
 use super::monitor::MonitorHandle;
-use super::record::{ContainerRecord, ContainerState};
+use super::record::{ContainerRecord, ContainerState, UserIds};
 use super::spec::{self, SandboxView, SpecInputs};
 use super::user::LayerUsers;
 use crate::config::{Config, Driver, monitor_binary};
@@ -238,6 +238,7 @@ impl Containers {
             stop_signal: spec::stop_signal(&image)
                 .and_then(|s| signal_number(&s))
                 .unwrap_or(libc::SIGTERM),
+            user: None,
         };
         // Recorded before anything is made: a crash from here on is undone at the next start.
         self.save(&rec)?;
@@ -320,6 +321,11 @@ impl Containers {
             cgroup_path: &cgroup_path,
             users: &users,
         })?;
+        rec.user = spec.process().as_ref().map(|p| UserIds {
+            uid: p.user().uid(),
+            gid: p.user().gid(),
+            supplemental_groups: p.user().additional_gids().clone().unwrap_or_default(),
+        });
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| Error::sandbox("serialize the OCI spec", e))?;
         crius_sandbox::mount::write_file_atomic(&rec.bundle.join("config.json"), &json, 0o600)

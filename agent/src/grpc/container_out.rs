@@ -87,7 +87,17 @@ pub fn status(r: &ContainerRecord) -> v1::ContainerStatus {
                 windows: None,
             }),
         image_id: r.image_id.clone(),
-        user: None,
+        user: r.user.as_ref().map(|u| v1::ContainerUser {
+            linux: Some(v1::LinuxContainerUser {
+                uid: i64::from(u.uid),
+                gid: i64::from(u.gid),
+                supplemental_groups: u
+                    .supplemental_groups
+                    .iter()
+                    .map(|g| i64::from(*g))
+                    .collect(),
+            }),
+        }),
     }
 }
 
@@ -102,6 +112,11 @@ pub fn info(r: &ContainerRecord) -> HashMap<String, String> {
         "pid": r.pid,
         "bundle": r.bundle,
         "cgroup": r.cgroup_abs,
+        // What the kernel applied: without CAP_SYS_RESOURCE a value below the monitor's is kept at the monitor's.
+        "oomScoreAdj": (r.state == ContainerState::Running)
+            .then(|| std::fs::read_to_string(format!("/proc/{}/oom_score_adj", r.pid)).ok())
+            .flatten()
+            .and_then(|v| v.trim().parse::<i64>().ok()),
         "runtimeSpec": spec,
     });
     HashMap::from([("info".to_string(), info.to_string())])
