@@ -1212,3 +1212,58 @@ async fn a_dead_pause_makes_the_pod_not_ready_and_it_still_cleans_up() {
     c.stop_and_remove(&id).await;
     c.assert_no_leaks().await;
 }
+
+#[tokio::test]
+async fn a_dual_stack_network_reports_the_second_address_in_additional_ips() {
+    // A private IPv6 ULA range next to the instance's IPv4 subnet, on the instance's own bridge.
+    let v6 = format!("fd00:c1:{:x}::/64", std::process::id() & 0xffff);
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "dual",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": "@BRIDGE@",
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": "@IPAM_DIR@",
+                "ranges": [[{"subnet": "@SUBNET@", "gateway": "@GATEWAY@"}], [{"subnet": v6}]],
+            }
+        }]
+    })
+    .to_string();
+    let c = Crius::start(Options::new().conflist("10-dual.conflist", &conflist)).await;
+    let id = c.run_pod(c.pod_config("dual")).await.unwrap();
+    let st = c.pod_status(&id).await.unwrap();
+    let net = st.status.network.as_ref().expect("no network status");
+    assert!(c.in_subnet(&net.ip), "{net:?}");
+    let extra: Vec<&str> = net.additional_ips.iter().map(|i| i.ip.as_str()).collect();
+    assert_eq!(extra.len(), 1, "{net:?}");
+    let addr: std::net::Ipv6Addr = extra[0].parse().expect("not an IPv6 address");
+    assert_eq!(
+        addr.segments()[..3],
+        [0xfd00, 0xc1, (std::process::id() & 0xffff) as u16],
+        "{addr} outside {v6}"
+    );
+    c.stop_and_remove(&id).await;
+    c.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_sysctl_the_kernel_refuses_fails_the_pod_and_everything_is_undone() {
+    // Allowed by name (namespaced, well formed) but refused by the kernel when pause writes it.
+    let c = Crius::start(Options::new()).await;
+    let mut cfg = c.pod_config("kernel-refuses");
+    cfg.linux.as_mut().unwrap().sysctls = labels(&[("net.core.somaxconn", "not-a-number")]);
+    let err = c
+        .run_pod(cfg)
+        .await
+        .expect_err("a sysctl the kernel refuses was accepted");
+    assert!(
+        err.message().contains("somaxconn"),
+        "the error does not name the sysctl: {err:?}"
+    );
+    assert!(c.list_pods(None).await.unwrap().is_empty());
+    c.assert_no_leaks().await;
+}

@@ -254,6 +254,26 @@ async fn big_messages_up_to_16_mib_pass() {
         .version(VersionRequest { version: big })
         .await
         .expect("a 6 MiB request was refused: the server's limit is below 16 MiB");
+    // And the other way: a 6 MiB ListPodSandbox answer (three pods with a 2 MiB annotation each).
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let mut cfg = c.pod_config(&format!("big{n}"));
+        cfg.annotations.insert("big".into(), "a".repeat(2 << 20));
+        ids.push(
+            c.run_pod(cfg)
+                .await
+                .expect("RunPodSandbox with a 2 MiB annotation"),
+        );
+    }
+    let pods = c
+        .list_pods(None)
+        .await
+        .expect("a 6 MiB response was refused: the server's send limit is below 16 MiB");
+    assert_eq!(pods.len(), 3);
+    assert!(pods.iter().all(|p| p.annotations["big"].len() == 2 << 20));
+    for id in &ids {
+        c.stop_and_remove(id).await;
+    }
     c.assert_no_leaks().await;
 }
 
