@@ -34,12 +34,30 @@ impl Cri {
 
 type R<T> = Result<Response<T>, Status>;
 
-/// Runs one RPC inside its span: method, ids, latency and outcome are logged once here.
+/// Runs one RPC about a pod (or none) inside its span: method, ids, latency and outcome are logged once here.
 async fn rpc<T, F>(method: &'static str, pod: &str, fut: F) -> R<T>
 where
     F: Future<Output = Result<T, Error>>,
 {
-    let span = tracing::info_span!("rpc", method, pod = %pod);
+    in_span(tracing::info_span!("rpc", method, pod = %pod), fut).await
+}
+
+/// [`rpc`] for an RPC about a container: its span carries the container id.
+async fn rpc_container<T, F>(method: &'static str, container: &str, fut: F) -> R<T>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    in_span(
+        tracing::info_span!("rpc", method, container = %container),
+        fut,
+    )
+    .await
+}
+
+async fn in_span<T, F>(span: tracing::Span, fut: F) -> R<T>
+where
+    F: Future<Output = Result<T, Error>>,
+{
     let start = Instant::now();
     let out = fut.instrument(span.clone()).await;
     let _e = span.enter();
@@ -220,7 +238,7 @@ impl RuntimeService for Cri {
         req: Request<v1::StartContainerRequest>,
     ) -> R<v1::StartContainerResponse> {
         let id = req.into_inner().container_id;
-        rpc("StartContainer", &id, async {
+        rpc_container("StartContainer", &id, async {
             self.rt.containers.start(&id).await?;
             Ok(v1::StartContainerResponse {})
         })
@@ -231,7 +249,7 @@ impl RuntimeService for Cri {
         req: Request<v1::StopContainerRequest>,
     ) -> R<v1::StopContainerResponse> {
         let req = req.into_inner();
-        rpc("StopContainer", &req.container_id, async {
+        rpc_container("StopContainer", &req.container_id, async {
             let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
             self.rt.containers.stop(&req.container_id, timeout).await?;
             Ok(v1::StopContainerResponse {})
@@ -243,7 +261,7 @@ impl RuntimeService for Cri {
         req: Request<v1::RemoveContainerRequest>,
     ) -> R<v1::RemoveContainerResponse> {
         let id = req.into_inner().container_id;
-        rpc("RemoveContainer", &id, async {
+        rpc_container("RemoveContainer", &id, async {
             self.rt.containers.remove(&id).await?;
             Ok(v1::RemoveContainerResponse {})
         })
@@ -268,7 +286,7 @@ impl RuntimeService for Cri {
         req: Request<v1::ContainerStatusRequest>,
     ) -> R<v1::ContainerStatusResponse> {
         let req = req.into_inner();
-        rpc("ContainerStatus", &req.container_id, async {
+        rpc_container("ContainerStatus", &req.container_id, async {
             let rec = self.rt.containers.status(&req.container_id).await?;
             Ok(v1::ContainerStatusResponse {
                 status: Some(container_out::status(&rec)),
@@ -286,7 +304,7 @@ impl RuntimeService for Cri {
         req: Request<v1::UpdateContainerResourcesRequest>,
     ) -> R<v1::UpdateContainerResourcesResponse> {
         let req = req.into_inner();
-        rpc("UpdateContainerResources", &req.container_id, async {
+        rpc_container("UpdateContainerResources", &req.container_id, async {
             let linux = req.linux.as_ref().ok_or_else(|| {
                 Error::invalid("linux", "is required (crius runs Linux containers)")
             })?;
@@ -304,7 +322,7 @@ impl RuntimeService for Cri {
         req: Request<v1::ReopenContainerLogRequest>,
     ) -> R<v1::ReopenContainerLogResponse> {
         let id = req.into_inner().container_id;
-        rpc("ReopenContainerLog", &id, async {
+        rpc_container("ReopenContainerLog", &id, async {
             self.rt.containers.reopen_log(&id).await?;
             Ok(v1::ReopenContainerLogResponse {})
         })
@@ -312,7 +330,7 @@ impl RuntimeService for Cri {
     }
     async fn exec_sync(&self, req: Request<v1::ExecSyncRequest>) -> R<v1::ExecSyncResponse> {
         let req = req.into_inner();
-        rpc("ExecSync", &req.container_id, async {
+        rpc_container("ExecSync", &req.container_id, async {
             let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
             let out = self
                 .rt
