@@ -3,15 +3,18 @@
 //!
 //! ```text
 //! crius-bench pull [--sizes 50,200] [--layers 5] [--runs 3] [--tools crius,containerd,skopeo] [--json FILE]
+//! crius-bench container [--pods 10] [--runtimes crius,containerd] [--json FILE]
 //! ```
 //! The crius binary is the harness' (`$CRIUS_BIN`, else `target/debug/crius`; `make bench` uses the release
-//! build). Run as root: crius needs it, and so does containerd.
+//! build). Run as root: crius needs it, and so does containerd. `container` runs crius with `RUST_LOG=warn`
+//! unless RUST_LOG is set (the harness would otherwise turn on crius' debug logs; containerd logs at warn).
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use crius_e2e::bench::{measure, pull};
+use crius_e2e::bench::{container, measure, pull};
 
 #[derive(Parser)]
 #[command(name = "crius-bench", about = "crius vs containerd, side by side")]
@@ -36,6 +39,19 @@ enum Cmd {
         /// Tools to run: crius, containerd, skopeo.
         #[arg(long, value_delimiter = ',', default_value = "crius,containerd,skopeo")]
         tools: Vec<String>,
+        /// Also write the results as JSON to this file (`-` for stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Start N pods with one busybox sleep container each on each runtime: RPC latencies, per-pod and daemon
+    /// memory, then tear down and check that nothing is left.
+    Container {
+        /// Pods per runtime (one container each).
+        #[arg(long, default_value_t = 10)]
+        pods: usize,
+        /// Runtimes to run: crius, containerd.
+        #[arg(long, value_delimiter = ',', default_value = "crius,containerd")]
+        runtimes: Vec<String>,
         /// Also write the results as JSON to this file (`-` for stdout).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -75,6 +91,34 @@ fn main() -> anyhow::Result<()> {
             let rows = rt.block_on(pull::run(&params))?;
             print!("{}", pull::table(&rows));
             write_json(json, &pull::json(&rows))
+        }
+        Cmd::Container {
+            pods,
+            runtimes,
+            json,
+        } => {
+            if std::env::var_os("RUST_LOG").is_none() {
+                // crius serve inherits our environment; exec replaces this process, it does not return.
+                let err = std::process::Command::new(std::env::current_exe()?)
+                    .args(std::env::args_os().skip(1))
+                    .env("RUST_LOG", "warn")
+                    .exec();
+                return Err(err).context("cannot run myself again with RUST_LOG=warn");
+            }
+            let runtimes = runtimes
+                .iter()
+                .map(|r| container::Runtime::parse(r))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let params = container::ContainerParams { pods, runtimes };
+            let rt = tokio::runtime::Runtime::new()?;
+            let report = rt.block_on(container::run(&params))?;
+            print!("{}", container::table(&report));
+            write_json(json, &container::json(&report))?;
+            let problems = report.problems();
+            if !problems.is_empty() {
+                bail!("left behind or misplaced:\n  {}", problems.join("\n  "));
+            }
+            Ok(())
         }
     }
 }

@@ -1,0 +1,496 @@
+//! The container benchmark: N pods, each RunPodSandbox with the bridge CNI on a private bridge and subnet and
+//! one busybox `sleep` container (CreateContainer + StartContainer), on crius and on a private containerd +
+//! runc, in one run. Reports each RPC's latency (p50/p95/p99), the full pod start (runp + create + start),
+//! the teardown, and the memory (RSS and PSS) of each runtime's own per-pod processes and of its daemon at 0
+//! and N pods; then checks that nothing is left: processes, mounts, cgroups, interfaces, IP reservations.
+//!
+//! Per-pod processes: crius' `crius-pause` (the pid in PodSandboxStatus' verbose info, its exe checked to be
+//! the `crius-pause` next to the crius binary) and `crius-monitor` (exe next to the crius binary, started with
+//! `--dir <state>/pods/<id>`); containerd's `containerd-shim-runc-v2` (`-address <its socket> -id <pod id>`)
+//! and the pause container's process (the verbose pid, a child of that shim). The workload `sleep` is not
+//! counted: it is the same busybox process on both.
+//!
+//! containerd gets what it must have on this machine ([`host`]): pods with an absolute cgroup_parent created
+//! here in every hierarchy (v1 and the v2 tree), a memory cgroup of their own for the shims,
+//! `restrict_oom_score_adj`, and a sandbox image (busybox `sleep 2147483647`) built here and served by the
+//! local registry.
+
+mod host;
+mod report;
+mod runtimes;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use crius_proto::v1::runtime_service_client::RuntimeServiceClient;
+use crius_proto::v1::{
+    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
+    PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+pub use self::report::{json, table};
+use self::runtimes::Side;
+use super::containerd;
+use super::measure;
+use crate::images::{Compression, ImageBuilder, LayerBuilder};
+use crate::registry::Registry;
+use crate::{client, reaper};
+
+/// Whose pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Crius,
+    Containerd,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Crius => "crius",
+            Runtime::Containerd => "containerd",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Runtime> {
+        match s {
+            "crius" => Ok(Runtime::Crius),
+            "containerd" => Ok(Runtime::Containerd),
+            other => bail!("unknown runtime {other:?} (crius, containerd)"),
+        }
+    }
+
+    /// The per-pod process next to the pause: crius' monitor, containerd's shim.
+    pub fn helper(self) -> &'static str {
+        match self {
+            Runtime::Crius => "crius-monitor",
+            Runtime::Containerd => containerd::SHIM_NAME,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ContainerParams {
+    /// Pods per runtime, each with one container.
+    pub pods: usize,
+    pub runtimes: Vec<Runtime>,
+}
+
+/// One sample per pod, in pod order.
+#[derive(Debug, Clone, Default)]
+pub struct Latencies {
+    pub run_pod: Vec<Duration>,
+    pub create: Vec<Duration>,
+    pub start: Vec<Duration>,
+    /// CreateContainer + StartContainer, back to back (crius forks the container at create, runc at start).
+    pub create_start: Vec<Duration>,
+    /// RunPodSandbox + CreateContainer + StartContainer of one pod, back to back.
+    pub pod_start: Vec<Duration>,
+    /// StopContainer (timeout 0) + RemoveContainer + StopPodSandbox + RemovePodSandbox of one pod.
+    pub teardown: Vec<Duration>,
+}
+
+/// Memory of one process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mem {
+    pub pid: i32,
+    pub rss_kib: u64,
+    pub pss_kib: u64,
+}
+
+impl Mem {
+    fn of(pid: i32) -> anyhow::Result<Mem> {
+        let rss_kib = measure::sample(pid)?.rss_kib;
+        let pss_kib = measure::pss_kib(pid).with_context(|| format!("no PSS for pid {pid}"))?;
+        Ok(Mem {
+            pid,
+            rss_kib,
+            pss_kib,
+        })
+    }
+}
+
+/// The runtime's own processes of one pod, with N pods running.
+#[derive(Debug, Clone)]
+pub struct PodProcesses {
+    pub pod_id: String,
+    pub pause: Mem,
+    /// crius-monitor or containerd-shim-runc-v2.
+    pub helper: Mem,
+    /// The workload (`sleep`), not counted; its pid is for the leak check.
+    pub container_pid: i32,
+}
+
+/// Everything measured on one runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeRun {
+    pub runtime: Runtime,
+    /// The bridge its pods were on (deleted by the end of the run).
+    pub bridge: String,
+    pub latencies: Latencies,
+    /// The daemon (crius serve, containerd) with the images pulled and no pod.
+    pub daemon_idle: Mem,
+    /// The daemon with N pods running.
+    pub daemon_loaded: Mem,
+    pub pods: Vec<PodProcesses>,
+    /// Where the first pod's processes live (`/proc/<pid>/cgroup`) and which cgroup dirs the run made.
+    pub cgroups: Vec<String>,
+    /// Rules broken (a process in a cgroup it must not be in) and things left behind; empty when clean.
+    pub problems: Vec<String>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub pods: usize,
+    pub bench_pid: u32,
+    pub runs: Vec<RuntimeRun>,
+    /// This process' own cgroups (not a hierarchy root): nothing may appear below them.
+    pub own_cgroups: Vec<PathBuf>,
+    /// What is left on the host after every runtime is gone; empty when clean.
+    pub left: Vec<String>,
+}
+
+impl Report {
+    /// Every problem of every run and of the host, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .runs
+            .iter()
+            .flat_map(|r| {
+                r.problems
+                    .iter()
+                    .map(|p| format!("{}: {p}", r.runtime.name()))
+            })
+            .collect();
+        all.extend(self.left.iter().map(|l| format!("host: {l}")));
+        all
+    }
+}
+
+/// What every runtime's run shares: the images, and the host as it was before.
+struct Shared {
+    registry: Registry,
+    image: String,
+    pause_image: String,
+    hierarchies: Vec<host::Hierarchy>,
+    own_cgroups: Vec<PathBuf>,
+    own_before: BTreeSet<PathBuf>,
+}
+
+/// Runs every runtime in turn, each on a fresh instance, and checks the host after each.
+pub async fn run(params: &ContainerParams) -> anyhow::Result<Report> {
+    if params.pods == 0 || params.runtimes.is_empty() {
+        bail!("need at least one pod and one runtime");
+    }
+    // Shims, monitors and pauses orphaned on an error path must re-parent to us (PID 1 here does not reap).
+    reaper::install();
+    let hierarchies = host::hierarchies();
+    let own_cgroups = host::own_cgroup_dirs(&hierarchies);
+    let shared = Shared {
+        registry: Registry::try_start(None).context("cannot start docker-registry")?,
+        image: String::new(),
+        pause_image: String::new(),
+        own_before: host::tree(&own_cgroups),
+        own_cgroups,
+        hierarchies,
+    };
+    let shared = push_images(shared)?;
+    let mut runs = Vec::new();
+    for &runtime in &params.runtimes {
+        eprintln!("container: {} with {} pods", runtime.name(), params.pods);
+        let run = match runtime {
+            Runtime::Crius => runtimes::run_crius(&shared, params.pods).await,
+            Runtime::Containerd => runtimes::run_containerd(&shared, params.pods).await,
+        }
+        .with_context(|| format!("{} container benchmark", runtime.name()))?;
+        runs.push(run);
+    }
+    let mut left = Vec::new();
+    let pid = std::process::id();
+    for prefix in [format!("crius-bench-{pid}-"), format!("crius-e2e-{pid}-")] {
+        for d in host::top_level_named(&shared.hierarchies, &prefix) {
+            left.push(format!("cgroup left: {}", d.display()));
+        }
+    }
+    let own_after = host::tree(&shared.own_cgroups);
+    for d in own_after.symmetric_difference(&shared.own_before) {
+        left.push(format!("changed below our own cgroup: {}", d.display()));
+    }
+    Ok(Report {
+        pods: params.pods,
+        bench_pid: pid,
+        runs,
+        own_cgroups: shared.own_cgroups.clone(),
+        left,
+    })
+}
+
+/// Builds and pushes the workload image (busybox, `sleep 3600`) and containerd's sandbox image (busybox
+/// `sleep 2147483647`: like the pause image, a process that sleeps until killed).
+fn push_images(mut shared: Shared) -> anyhow::Result<Shared> {
+    let image = ImageBuilder::new()
+        .layer(LayerBuilder::busybox().build(Compression::Gzip))
+        .env("PATH=/bin")
+        .cmd(&["sleep", "3600"])
+        .build();
+    image.push(&shared.registry, "bench/busybox", "1")?;
+    let pause = ImageBuilder::new()
+        .layer(LayerBuilder::busybox_with(&["sleep"]).build(Compression::Gzip))
+        .entrypoint(&["/bin/sleep", "2147483647"])
+        .build();
+    pause.push(&shared.registry, "bench/pause", "1")?;
+    let host = shared.registry.host();
+    shared.image = format!("{host}/bench/busybox:1");
+    shared.pause_image = format!("{host}/bench/pause:1");
+    Ok(shared)
+}
+
+/// A bridge conflist for a private bridge and subnet, with no route out of the subnet and no masquerading:
+/// pod traffic stays on the bridge.
+fn conflist(name: &str, bridge: &str, subnet: &str, gateway: &str, ipam_dir: &str) -> String {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [{
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": ipam_dir,
+                "ranges": [[{"subnet": subnet, "gateway": gateway}]],
+            },
+        }],
+    })
+    .to_string()
+}
+
+async fn pull(channel: Channel, image: &str) -> anyhow::Result<()> {
+    client::images(channel)
+        .pull_image(PullImageRequest {
+            image: Some(spec(image)),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("cannot pull {image}"))?;
+    Ok(())
+}
+
+fn spec(image: &str) -> ImageSpec {
+    ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    }
+}
+
+struct Started {
+    pod_id: String,
+    container_id: String,
+}
+
+/// Starts the pods one after the other, measures, tears them down.
+async fn drive(
+    side: &Side<'_>,
+    channel: Channel,
+    shared: &Shared,
+    pods: usize,
+) -> anyhow::Result<RuntimeRun> {
+    let mut rt = client::runtime(channel);
+    let daemon = side.daemon_pid()?;
+    let daemon_idle = Mem::of(daemon)?;
+    let mut lat = Latencies::default();
+    let mut started = Vec::new();
+    for i in 0..pods {
+        let config = side.pod_config(i);
+        let t0 = Instant::now();
+        let pod_id = rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .with_context(|| format!("RunPodSandbox bench{i}"))?
+            .into_inner()
+            .pod_sandbox_id;
+        let t1 = Instant::now();
+        let container_id = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(sleep_container(&shared.image)),
+                sandbox_config: Some(config),
+            })
+            .await
+            .with_context(|| format!("CreateContainer in bench{i}"))?
+            .into_inner()
+            .container_id;
+        let t2 = Instant::now();
+        rt.start_container(StartContainerRequest {
+            container_id: container_id.clone(),
+        })
+        .await
+        .with_context(|| format!("StartContainer in bench{i}"))?;
+        let t3 = Instant::now();
+        lat.run_pod.push(t1 - t0);
+        lat.create.push(t2 - t1);
+        lat.start.push(t3 - t2);
+        lat.create_start.push(t3 - t1);
+        lat.pod_start.push(t3 - t0);
+        started.push(Started {
+            pod_id,
+            container_id,
+        });
+    }
+    // Let the daemons' background work after the last start (event handling, GC of buffers) settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut procs = Vec::new();
+    let mut problems = Vec::new();
+    for s in &started {
+        let pause = verbose_pid(
+            &rt.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: s.pod_id.clone(),
+                verbose: true,
+            })
+            .await?
+            .into_inner()
+            .info,
+        )
+        .with_context(|| format!("no pause pid for pod {}", s.pod_id))?;
+        let container_pid = verbose_pid(
+            &rt.container_status(ContainerStatusRequest {
+                container_id: s.container_id.clone(),
+                verbose: true,
+            })
+            .await?
+            .into_inner()
+            .info,
+        )
+        .with_context(|| format!("no pid for container {}", s.container_id))?;
+        let helper = side.helper(&s.pod_id, pause)?;
+        let p = PodProcesses {
+            pod_id: s.pod_id.clone(),
+            pause: Mem::of(pause)?,
+            helper: Mem::of(helper)?,
+            container_pid,
+        };
+        problems.extend(side.cgroup_problems(shared, &p));
+        procs.push(p);
+    }
+    let daemon_loaded = Mem::of(daemon)?;
+    let mut cgroups = Vec::new();
+    if let Some(p) = procs.first() {
+        for (what, pid) in [
+            ("pause", p.pause.pid),
+            (side.runtime().helper(), p.helper.pid),
+            ("container", p.container_pid),
+        ] {
+            cgroups.extend(
+                host::cgroups_of(pid)
+                    .into_iter()
+                    .map(|l| format!("{what} {pid}: {l}")),
+            );
+        }
+    }
+    cgroups.extend(side.cgroup_summary(shared));
+    let own_now = host::tree(&shared.own_cgroups);
+    for d in own_now.symmetric_difference(&shared.own_before) {
+        problems.push(format!(
+            "with {pods} pods, changed below our own cgroup: {}",
+            d.display()
+        ));
+    }
+    for s in &started {
+        let t0 = Instant::now();
+        teardown(&mut rt, s)
+            .await
+            .with_context(|| format!("teardown of pod {}", s.pod_id))?;
+        lat.teardown.push(t0.elapsed());
+    }
+    Ok(RuntimeRun {
+        runtime: side.runtime(),
+        bridge: side.bridge().to_string(),
+        latencies: lat,
+        daemon_idle,
+        daemon_loaded,
+        pods: procs,
+        cgroups,
+        problems,
+    })
+}
+
+async fn teardown(rt: &mut RuntimeServiceClient<Channel>, s: &Started) -> anyhow::Result<()> {
+    rt.stop_container(StopContainerRequest {
+        container_id: s.container_id.clone(),
+        timeout: 0,
+    })
+    .await?;
+    rt.remove_container(RemoveContainerRequest {
+        container_id: s.container_id.clone(),
+    })
+    .await?;
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: s.pod_id.clone(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: s.pod_id.clone(),
+    })
+    .await?;
+    Ok(())
+}
+
+fn sleep_container(image: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: "sleep".into(),
+            attempt: 0,
+        }),
+        image: Some(spec(image)),
+        command: vec!["sleep".into(), "3600".into()],
+        log_path: "sleep.log".into(),
+        ..Default::default()
+    }
+}
+
+/// The `pid` of a verbose status' `info["info"]` JSON (crius and containerd both put it there).
+fn verbose_pid(info: &std::collections::HashMap<String, String>) -> Option<i32> {
+    let v: Value = serde_json::from_str(info.get("info")?).ok()?;
+    v.get("pid")?
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+        .filter(|&p| p > 0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflist_keeps_traffic_on_the_bridge() {
+        let text = conflist("n", "br0", "10.250.1.0/24", "10.250.1.1", "/tmp/ipam");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let bridge = &v["plugins"][0];
+        assert_eq!(bridge["bridge"], "br0");
+        assert_eq!(bridge["ipMasq"], false);
+        assert!(bridge["ipam"].get("routes").is_none(), "{text}");
+        assert_eq!(bridge["ipam"]["dataDir"], "/tmp/ipam");
+        assert_eq!(v["plugins"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn verbose_pid_is_read_from_the_info_json() {
+        let info = std::collections::HashMap::from([(
+            "info".to_string(),
+            r#"{"pid": 42, "x": 1}"#.to_string(),
+        )]);
+        assert_eq!(verbose_pid(&info), Some(42));
+        assert_eq!(verbose_pid(&Default::default()), None);
+    }
+}
