@@ -46,6 +46,7 @@ pub use crius_proto::v1;
 pub use instance::{Crius, Paths, START_TIMEOUT, STOP_TIMEOUT, detect_cgroup2_mount};
 pub use pod::{NAMESPACE, PodStatus, namespaces, spawn_in_netns, wait_until};
 pub mod bench;
+pub mod containers;
 pub mod images;
 pub mod registry;
 pub mod vm;

@@ -330,10 +330,8 @@ impl Containers {
             .map_err(|e| Error::sandbox("serialize the OCI spec", e))?;
         crius_sandbox::mount::write_file_atomic(&rec.bundle.join("config.json"), &json, 0o600)
             .map_err(|e| Error::sandbox("write config.json", e))?;
-        if let Some(log) = &rec.log_path
-            && let Some(dir) = log.parent()
-        {
-            std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        if rec.log_path.is_some() {
+            log_parent_beneath(Path::new(&pod.spec.log_directory), &rec.config.log_path)?;
         }
         let monitor = MonitorHandle::new(&pod.pod_dir);
         monitor.ensure_running(&monitor_binary()).await?;
@@ -694,6 +692,42 @@ impl Containers {
     }
 }
 
+/// Creates the directories of `log_path` (relative, validated) below the pod's log directory, refusing any
+/// that is a symbolic link: the log file must land in the pod's log directory, not wherever a link points
+/// (the monitor opens the file itself with O_NOFOLLOW).
+fn log_parent_beneath(log_dir: &Path, log_path: &str) -> Result<()> {
+    let mut dir = log_dir.to_path_buf();
+    let comps: Vec<&str> = log_path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    for comp in comps.iter().take(comps.len().saturating_sub(1)) {
+        dir.push(comp);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::invalid(
+                    "config.log_path",
+                    format!("{} is a symbolic link", dir.display()),
+                ));
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::invalid(
+                    "config.log_path",
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::sandbox(format!("create {}", dir.display()), e)),
+            },
+            Err(e) => return Err(Error::sandbox(format!("inspect {}", dir.display()), e)),
+        }
+    }
+    Ok(())
+}
+
 fn name_key(pod_id: &str, config: &ContainerConfig) -> NameKey {
     (pod_id.to_string(), config.name.clone(), config.attempt)
 }
@@ -717,6 +751,21 @@ fn signal_number(s: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_dirs_are_made_beneath_and_symlinks_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        log_parent_beneath(t.path(), "c/0.log").unwrap();
+        assert!(t.path().join("c").is_dir());
+        std::os::unix::fs::symlink(outside.path(), t.path().join("linked")).unwrap();
+        let e = log_parent_beneath(t.path(), "linked/0.log").unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let e = log_parent_beneath(t.path(), "linked/deeper/0.log").unwrap_err();
+        assert!(e.to_string().contains("log_path"), "{e}");
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+        log_parent_beneath(t.path(), "top.log").unwrap();
+    }
 
     #[test]
     fn signals_by_name_and_number() {
