@@ -78,13 +78,22 @@ pub(super) fn stage1(
             _ => acc,
         },
     );
+    // Stage 2 waits for EOF on this pipe before it does anything, so its reports always come after our
+    // `pid` line and the monitor knows whom to kill and reap when stage 2 fails.
+    let (go_r, go_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(InitError::sys("pipe"))?;
     match sys::fork_single_threaded().map_err(InitError::sys("fork stage 2"))? {
         ForkSide::Parent(pid) => {
-            writeln!(report, "pid {pid}")
-                .map_err(|e| InitError::io("report to", Path::new("the monitor"), e))?;
-            Ok(())
+            drop(go_r);
+            let reported = writeln!(report, "pid {pid}")
+                .map_err(|e| InitError::io("report to", Path::new("the monitor"), e));
+            drop(go_w);
+            reported
         }
         ForkSide::Child => {
+            drop(go_w);
+            let mut byte = [0u8; 1];
+            let _ = File::from(go_r).read(&mut byte);
             let code = match stage2(spec, rootfs, late_flags, stdio, seccomp, start, report) {
                 Ok(never) => match never {},
                 Err(e) => {
