@@ -70,9 +70,7 @@ impl Containers {
     pub async fn watch_exits(self: Arc<Self>) {
         loop {
             tokio::time::sleep(WATCH_INTERVAL).await;
-            for id in self.live_ids() {
-                let _ = self.status(&id).await;
-            }
+            self.refresh_live().await;
         }
     }
 }

@@ -87,15 +87,6 @@ impl Containers {
         &self.events
     }
 
-    /// Containers whose state may still change on its own (created or running).
-    pub(super) fn live_ids(&self) -> Vec<String> {
-        lock(&self.records)
-            .values()
-            .filter(|r| matches!(r.state, ContainerState::Created | ContainerState::Running))
-            .map(|r| r.id.clone())
-            .collect()
-    }
-
     /// The records of a pod's containers as last seen (no monitor round trip), for event payloads.
     pub fn snapshot_of_pod(&self, pod_id: &str) -> Vec<ContainerRecord> {
         let mut v: Vec<ContainerRecord> = lock(&self.records)
@@ -140,22 +131,8 @@ impl Containers {
 
     /// The full id for `id` (a full id or a unique prefix).
     fn resolve(&self, id: &str) -> Result<Option<String>> {
-        if id.is_empty() {
-            return Err(Error::invalid("container_id", "must not be empty"));
-        }
         let records = lock(&self.records);
-        if records.contains_key(id) {
-            return Ok(Some(id.to_string()));
-        }
-        let matches: Vec<&String> = records.keys().filter(|k| k.starts_with(id)).collect();
-        match matches.as_slice() {
-            [one] => Ok(Some((*one).clone())),
-            [] => Ok(None),
-            _ => Err(Error::invalid(
-                "container_id",
-                format!("{id:?} is ambiguous"),
-            )),
-        }
+        crate::pod::resolve_id(records.keys(), id, "container_id", "container")
     }
 
     fn get_record(&self, id: &str) -> Result<ContainerRecord> {
@@ -522,11 +499,42 @@ impl Containers {
         if !matches!(rec.state, ContainerState::Running | ContainerState::Created) {
             return;
         }
-        let monitor = MonitorHandle::new(&rec.pod_dir);
-        let states = match monitor.call(&Request::State).await {
-            Ok(Response::State { containers }) => containers,
-            _ => Vec::new(),
-        };
+        let states = monitor_states(&rec.pod_dir).await;
+        self.apply_states(rec, &states);
+    }
+
+    /// Brings every created or running container up to date with one monitor request per pod (not one per
+    /// container), saving those whose state changed. Used by ListContainers and the exit watcher.
+    pub(super) async fn refresh_live(&self) {
+        let live: Vec<ContainerRecord> = lock(&self.records)
+            .values()
+            .filter(|r| matches!(r.state, ContainerState::Created | ContainerState::Running))
+            .cloned()
+            .collect();
+        let mut by_pod: HashMap<PathBuf, Vec<ContainerRecord>> = HashMap::new();
+        for rec in live {
+            by_pod.entry(rec.pod_dir.clone()).or_default().push(rec);
+        }
+        for (pod_dir, recs) in by_pod {
+            let states = monitor_states(&pod_dir).await;
+            for mut rec in recs {
+                let before = rec.state;
+                self.apply_states(&mut rec, &states);
+                if rec.state != before
+                    && let Err(e) = self.save(&rec)
+                {
+                    tracing::warn!(container = %rec.id, error = %crate::error::chain(&e), "cannot record an exit");
+                }
+            }
+        }
+    }
+
+    /// Updates `rec` from its monitor's answer (empty: no monitor), or from its exit file.
+    fn apply_states(
+        &self,
+        rec: &mut ContainerRecord,
+        states: &[crius_sandbox::monitor::ContainerState],
+    ) {
         let exit = match states.iter().find(|c| c.id == rec.id) {
             Some(c) if c.status == Status::Exited => c.exit,
             Some(_) => return,
@@ -579,12 +587,10 @@ impl Containers {
 
     /// ListContainers.
     pub async fn list(&self, filter: &ContainerFilter) -> Result<Vec<ContainerRecord>> {
-        let ids: Vec<String> = lock(&self.records).keys().cloned().collect();
+        self.refresh_live().await;
+        let records: Vec<ContainerRecord> = lock(&self.records).values().cloned().collect();
         let mut out = Vec::new();
-        for id in ids {
-            let Ok(rec) = self.status(&id).await else {
-                continue;
-            };
+        for rec in records {
             if rec.state == ContainerState::Creating {
                 continue;
             }
@@ -726,6 +732,14 @@ fn log_parent_beneath(log_dir: &Path, log_path: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The states a pod's monitor reports; empty when it does not answer.
+async fn monitor_states(pod_dir: &Path) -> Vec<crius_sandbox::monitor::ContainerState> {
+    match MonitorHandle::new(pod_dir).call(&Request::State).await {
+        Ok(Response::State { containers }) => containers,
+        _ => Vec::new(),
+    }
 }
 
 fn name_key(pod_id: &str, config: &ContainerConfig) -> NameKey {

@@ -255,22 +255,33 @@ impl Pods {
 
     /// The full id for an exact id or a unique prefix of one (what crictl users type).
     fn resolve(&self, id: &str) -> Result<Option<String>> {
-        if id.is_empty() {
-            return Err(Error::invalid("pod_sandbox_id", "must not be empty"));
-        }
         let pods = lock(&self.pods);
-        if pods.contains_key(id) {
-            return Ok(Some(id.to_owned()));
-        }
-        let mut matches = pods.keys().filter(|k| k.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some(full), None) => Ok(Some(full.clone())),
-            (Some(_), Some(_)) => Err(Error::invalid(
-                "pod_sandbox_id",
-                format!("{id:?} is a prefix of more than one pod sandbox id"),
-            )),
-            (None, _) => Ok(None),
-        }
+        resolve_id(pods.keys(), id, "pod_sandbox_id", "pod sandbox")
+    }
+}
+
+/// The full id `id` names among `ids`: itself, or the one id it is a prefix of. Empty or ambiguous is
+/// InvalidArgument naming `field`; no match is `None`.
+pub fn resolve_id<'a>(
+    ids: impl Iterator<Item = &'a String> + Clone,
+    id: &str,
+    field: &'static str,
+    kind: &str,
+) -> Result<Option<String>> {
+    if id.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if ids.clone().any(|k| k == id) {
+        return Ok(Some(id.to_owned()));
+    }
+    let mut matches = ids.filter(|k| k.starts_with(id));
+    match (matches.next(), matches.next()) {
+        (Some(full), None) => Ok(Some(full.clone())),
+        (Some(_), Some(_)) => Err(Error::invalid(
+            field,
+            format!("{id:?} is a prefix of more than one {kind} id"),
+        )),
+        (None, _) => Ok(None),
     }
 }
 
