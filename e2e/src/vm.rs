@@ -43,6 +43,9 @@ pub fn run_inner_test(inner: &str, timeout_secs: u32) {
         .args(["--timeout", &timeout_secs.to_string()])
         .args(["--cwd", env!("CARGO_MANIFEST_DIR")])
         .args(["-e", "CRIUS_VM_INNER=1", "-e", "RUST_BACKTRACE=1"])
+        // The harness' private dirs on the VM's own tmpfs: with a checkout under /tmp the VM's /tmp is the
+        // host's, copy-on-write through overlayfs, which cannot be an overlay upper dir for container rootfs.
+        .args(["-e", "TMPDIR=/run"])
         .arg("-e")
         .arg(format!("CRIUS_BIN={}", crius.display()))
         .arg("--")

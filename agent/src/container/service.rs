@@ -518,6 +518,15 @@ impl Containers {
         for (pod_dir, recs) in by_pod {
             let states = monitor_states(&pod_dir).await;
             for mut rec in recs {
+                // A container in the middle of a lifecycle call is that call's to update.
+                let slot = self.slot(&rec.id);
+                let Ok(_busy) = slot.try_lock() else {
+                    continue;
+                };
+                let Ok(fresh) = self.get_record(&rec.id) else {
+                    continue;
+                };
+                rec = fresh;
                 let before = rec.state;
                 self.apply_states(&mut rec, &states);
                 if rec.state != before
@@ -576,7 +585,13 @@ impl Containers {
 
     /// The record, refreshed from the monitor.
     pub async fn status(&self, id: &str) -> Result<ContainerRecord> {
-        let mut rec = self.get_record(id)?;
+        let rec = self.get_record(id)?;
+        // While a lifecycle call runs on it, the record is that call's to update: report it as it stands.
+        let slot = self.slot(&rec.id);
+        let Ok(_busy) = slot.try_lock() else {
+            return Ok(rec);
+        };
+        let mut rec = self.get_record(&rec.id)?;
         let before = rec.state;
         self.refresh_one(&mut rec).await;
         if rec.state != before {
