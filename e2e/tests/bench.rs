@@ -67,7 +67,8 @@ fn container_benchmark_runs_both_runtimes_and_leaves_nothing() {
         .collect();
     let out = Command::new(env!("CARGO_BIN_EXE_crius-bench"))
         .env("TMPDIR", tmp.path())
-        .args(["container", "--pods", "2", "--runtimes", "crius,containerd"])
+        .args(["container", "--pods", "2", "--containers", "2"])
+        .args(["--runtimes", "crius,containerd"])
         .arg("--json")
         .arg(json.path())
         .output()
@@ -90,10 +91,18 @@ fn container_benchmark_runs_both_runtimes_and_leaves_nothing() {
     for run in runs {
         for (name, series) in run["latency"].as_object().unwrap() {
             let samples = series["samples_ms"].as_array().unwrap();
-            assert_eq!(samples.len(), 2, "{name}: {run}");
+            // One sample per container for the container RPCs, one per pod for the rest.
+            let per_container = ["create_container", "start_container", "create_start"];
+            let expected = if per_container.contains(&name.as_str()) {
+                4
+            } else {
+                2
+            };
+            assert_eq!(samples.len(), expected, "{name}: {run}");
             assert!(samples.iter().all(|s| s.as_f64().unwrap() > 0.0), "{run}");
         }
         for pod in run["pods"].as_array().unwrap() {
+            assert_eq!(pod["container_pids"].as_array().unwrap().len(), 2, "{pod}");
             for part in ["pause", "helper"] {
                 assert!(pod[part]["rss_kib"].as_u64().unwrap() > 0, "{pod}");
                 assert!(pod[part]["pss_kib"].as_u64().unwrap() > 0, "{pod}");
@@ -120,11 +129,11 @@ fn container_benchmark_runs_both_runtimes_and_leaves_nothing() {
     let mut leaks = Vec::new();
     for run in runs {
         for pod in run["pods"].as_array().unwrap() {
-            for pid in [
-                &pod["pause"]["pid"],
-                &pod["helper"]["pid"],
-                &pod["container_pid"],
-            ] {
+            let workload = pod["container_pids"].as_array().unwrap();
+            for pid in [&pod["pause"]["pid"], &pod["helper"]["pid"]]
+                .into_iter()
+                .chain(workload)
+            {
                 let pid = pid.as_i64().unwrap() as i32;
                 // A live process at a recorded pid is a leak unless the pid was reused by something else.
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

@@ -76,12 +76,15 @@ impl Runtime {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ContainerParams {
-    /// Pods per runtime, each with one container.
+    /// Pods per runtime.
     pub pods: usize,
+    /// Busybox `sleep` containers per pod (at least one).
+    pub containers: usize,
     pub runtimes: Vec<Runtime>,
 }
 
-/// One sample per pod, in pod order.
+/// Samples in start order: one per pod (run_pod, pod_start, teardown) or one per container (create, start,
+/// create_start).
 #[derive(Debug, Clone, Default)]
 pub struct Latencies {
     pub run_pod: Vec<Duration>,
@@ -89,9 +92,9 @@ pub struct Latencies {
     pub start: Vec<Duration>,
     /// CreateContainer + StartContainer, back to back (crius forks the container at create, runc at start).
     pub create_start: Vec<Duration>,
-    /// RunPodSandbox + CreateContainer + StartContainer of one pod, back to back.
+    /// RunPodSandbox + CreateContainer + StartContainer of a pod's first container, back to back.
     pub pod_start: Vec<Duration>,
-    /// StopContainer (timeout 0) + RemoveContainer + StopPodSandbox + RemovePodSandbox of one pod.
+    /// StopContainer (timeout 0) + RemoveContainer of each container + StopPodSandbox + RemovePodSandbox.
     pub teardown: Vec<Duration>,
 }
 
@@ -122,8 +125,8 @@ pub struct PodProcesses {
     pub pause: Mem,
     /// crius-monitor or containerd-shim-runc-v2.
     pub helper: Mem,
-    /// The workload (`sleep`), not counted; its pid is for the leak check.
-    pub container_pid: i32,
+    /// The workload (`sleep`, one per container), not counted; the pids are for the leak check.
+    pub container_pids: Vec<i32>,
 }
 
 /// Everything measured on one runtime.
@@ -148,6 +151,7 @@ pub struct RuntimeRun {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub pods: usize,
+    pub containers: usize,
     pub bench_pid: u32,
     pub runs: Vec<RuntimeRun>,
     /// This process' own cgroups (not a hierarchy root): nothing may appear below them.
@@ -185,8 +189,8 @@ struct Shared {
 
 /// Runs every runtime in turn, each on a fresh instance, and checks the host after each.
 pub async fn run(params: &ContainerParams) -> anyhow::Result<Report> {
-    if params.pods == 0 || params.runtimes.is_empty() {
-        bail!("need at least one pod and one runtime");
+    if params.pods == 0 || params.containers == 0 || params.runtimes.is_empty() {
+        bail!("need at least one pod, one container per pod and one runtime");
     }
     // Shims, monitors and pauses orphaned on an error path must re-parent to us (PID 1 here does not reap).
     reaper::install();
@@ -203,10 +207,15 @@ pub async fn run(params: &ContainerParams) -> anyhow::Result<Report> {
     let shared = push_images(shared)?;
     let mut runs = Vec::new();
     for &runtime in &params.runtimes {
-        eprintln!("container: {} with {} pods", runtime.name(), params.pods);
+        eprintln!(
+            "container: {} with {} pods of {} containers",
+            runtime.name(),
+            params.pods,
+            params.containers
+        );
         let run = match runtime {
-            Runtime::Crius => runtimes::run_crius(&shared, params.pods).await,
-            Runtime::Containerd => runtimes::run_containerd(&shared, params.pods).await,
+            Runtime::Crius => runtimes::run_crius(&shared, params).await,
+            Runtime::Containerd => runtimes::run_containerd(&shared, params).await,
         }
         .with_context(|| format!("{} container benchmark", runtime.name()))?;
         runs.push(run);
@@ -224,6 +233,7 @@ pub async fn run(params: &ContainerParams) -> anyhow::Result<Report> {
     }
     Ok(Report {
         pods: params.pods,
+        containers: params.containers,
         bench_pid: pid,
         runs,
         own_cgroups: shared.own_cgroups.clone(),
@@ -292,16 +302,18 @@ fn spec(image: &str) -> ImageSpec {
 
 struct Started {
     pod_id: String,
-    container_id: String,
+    container_ids: Vec<String>,
 }
 
-/// Starts the pods one after the other, measures, tears them down.
+/// Starts the pods one after the other (each with its containers one after the other), measures, tears them
+/// down.
 async fn drive(
     side: &Side<'_>,
     channel: Channel,
     shared: &Shared,
-    pods: usize,
+    params: &ContainerParams,
 ) -> anyhow::Result<RuntimeRun> {
+    let pods = params.pods;
     let mut rt = client::runtime(channel);
     let daemon = side.daemon_pid()?;
     let daemon_idle = Mem::of(daemon)?;
@@ -319,32 +331,38 @@ async fn drive(
             .with_context(|| format!("RunPodSandbox bench{i}"))?
             .into_inner()
             .pod_sandbox_id;
-        let t1 = Instant::now();
-        let container_id = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(sleep_container(&shared.image)),
-                sandbox_config: Some(config),
+        lat.run_pod.push(t0.elapsed());
+        let mut container_ids = Vec::new();
+        for k in 0..params.containers {
+            let t1 = Instant::now();
+            let container_id = rt
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                    config: Some(sleep_container(&shared.image, k)),
+                    sandbox_config: Some(config.clone()),
+                })
+                .await
+                .with_context(|| format!("CreateContainer {k} in bench{i}"))?
+                .into_inner()
+                .container_id;
+            let t2 = Instant::now();
+            rt.start_container(StartContainerRequest {
+                container_id: container_id.clone(),
             })
             .await
-            .with_context(|| format!("CreateContainer in bench{i}"))?
-            .into_inner()
-            .container_id;
-        let t2 = Instant::now();
-        rt.start_container(StartContainerRequest {
-            container_id: container_id.clone(),
-        })
-        .await
-        .with_context(|| format!("StartContainer in bench{i}"))?;
-        let t3 = Instant::now();
-        lat.run_pod.push(t1 - t0);
-        lat.create.push(t2 - t1);
-        lat.start.push(t3 - t2);
-        lat.create_start.push(t3 - t1);
-        lat.pod_start.push(t3 - t0);
+            .with_context(|| format!("StartContainer {k} in bench{i}"))?;
+            let t3 = Instant::now();
+            lat.create.push(t2 - t1);
+            lat.start.push(t3 - t2);
+            lat.create_start.push(t3 - t1);
+            if k == 0 {
+                lat.pod_start.push(t3 - t0);
+            }
+            container_ids.push(container_id);
+        }
         started.push(Started {
             pod_id,
-            container_id,
+            container_ids,
         });
     }
     // Let the daemons' background work after the last start (event handling, GC of buffers) settle.
@@ -362,22 +380,25 @@ async fn drive(
             .info,
         )
         .with_context(|| format!("no pause pid for pod {}", s.pod_id))?;
-        let container_pid = verbose_pid(
-            &rt.container_status(ContainerStatusRequest {
-                container_id: s.container_id.clone(),
-                verbose: true,
-            })
-            .await?
-            .into_inner()
-            .info,
-        )
-        .with_context(|| format!("no pid for container {}", s.container_id))?;
+        let mut container_pids = Vec::new();
+        for id in &s.container_ids {
+            let status = rt
+                .container_status(ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: true,
+                })
+                .await?
+                .into_inner();
+            container_pids.push(
+                verbose_pid(&status.info).with_context(|| format!("no pid for container {id}"))?,
+            );
+        }
         let helper = side.helper(&s.pod_id, pause)?;
         let p = PodProcesses {
             pod_id: s.pod_id.clone(),
             pause: Mem::of(pause)?,
             helper: Mem::of(helper)?,
-            container_pid,
+            container_pids,
         };
         problems.extend(side.cgroup_problems(shared, &p));
         procs.push(p);
@@ -385,11 +406,16 @@ async fn drive(
     let daemon_loaded = Mem::of(daemon)?;
     let mut cgroups = Vec::new();
     if let Some(p) = procs.first() {
-        for (what, pid) in [
+        let first = [
             ("pause", p.pause.pid),
             (side.runtime().helper(), p.helper.pid),
-            ("container", p.container_pid),
-        ] {
+        ];
+        let workload = p
+            .container_pids
+            .iter()
+            .take(1)
+            .map(|&pid| ("container", pid));
+        for (what, pid) in first.into_iter().chain(workload) {
             cgroups.extend(
                 host::cgroups_of(pid)
                     .into_iter()
@@ -425,15 +451,17 @@ async fn drive(
 }
 
 async fn teardown(rt: &mut RuntimeServiceClient<Channel>, s: &Started) -> anyhow::Result<()> {
-    rt.stop_container(StopContainerRequest {
-        container_id: s.container_id.clone(),
-        timeout: 0,
-    })
-    .await?;
-    rt.remove_container(RemoveContainerRequest {
-        container_id: s.container_id.clone(),
-    })
-    .await?;
+    for id in &s.container_ids {
+        rt.stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await?;
+        rt.remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    }
     rt.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: s.pod_id.clone(),
     })
@@ -445,15 +473,21 @@ async fn teardown(rt: &mut RuntimeServiceClient<Channel>, s: &Started) -> anyhow
     Ok(())
 }
 
-fn sleep_container(image: &str) -> ContainerConfig {
+/// The `k`th container of a pod: `sleep`, `sleep-1`, ...
+fn sleep_container(image: &str, k: usize) -> ContainerConfig {
+    let name = if k == 0 {
+        "sleep".to_string()
+    } else {
+        format!("sleep-{k}")
+    };
     ContainerConfig {
         metadata: Some(ContainerMetadata {
-            name: "sleep".into(),
+            name: name.clone(),
             attempt: 0,
         }),
         image: Some(spec(image)),
         command: vec!["sleep".into(), "3600".into()],
-        log_path: "sleep.log".into(),
+        log_path: format!("{name}.log"),
         ..Default::default()
     }
 }

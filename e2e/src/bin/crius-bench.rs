@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! crius-bench pull [--sizes 50,200] [--layers 5] [--runs 3] [--tools crius,containerd,skopeo] [--json FILE]
-//! crius-bench container [--pods 10] [--runtimes crius,containerd] [--json FILE]
+//! crius-bench container [--pods 10] [--containers 1] [--runtimes crius,containerd] [--json FILE]
 //! ```
 //! The crius binary is the harness' (`$CRIUS_BIN`, else `target/debug/crius`; `make bench` uses the release
 //! build). Run as root: crius needs it, and so does containerd. `container` runs crius with `RUST_LOG=warn`
@@ -43,12 +43,15 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Start N pods with one busybox sleep container each on each runtime: RPC latencies, per-pod and daemon
-    /// memory, then tear down and check that nothing is left.
+    /// Start N pods with busybox sleep containers on each runtime: RPC latencies, per-pod and daemon memory,
+    /// then tear down and check that nothing is left.
     Container {
-        /// Pods per runtime (one container each).
+        /// Pods per runtime.
         #[arg(long, default_value_t = 10)]
         pods: usize,
+        /// Containers per pod (`--pods 20 --containers 5`: 100 containers, monitors holding 5 each).
+        #[arg(long, default_value_t = 1)]
+        containers: usize,
         /// Runtimes to run: crius, containerd.
         #[arg(long, value_delimiter = ',', default_value = "crius,containerd")]
         runtimes: Vec<String>,
@@ -94,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Container {
             pods,
+            containers,
             runtimes,
             json,
         } => {
@@ -109,7 +113,11 @@ fn main() -> anyhow::Result<()> {
                 .iter()
                 .map(|r| container::Runtime::parse(r))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let params = container::ContainerParams { pods, runtimes };
+            let params = container::ContainerParams {
+                pods,
+                containers,
+                runtimes,
+            };
             let rt = tokio::runtime::Runtime::new()?;
             let report = rt.block_on(container::run(&params))?;
             print!("{}", container::table(&report));

@@ -135,8 +135,16 @@ pub fn table(report: &Report) -> String {
     let (a, b) = (crius.map(figures), containerd.map(figures));
     let rows = a.as_ref().or(b.as_ref()).map(Vec::len).unwrap_or(0);
     let mut out = format!(
-        "{} pods, one busybox sleep container each; N = {}\n{:<44} {:>10} {:>11} {:>8}\n",
-        report.pods, report.pods, "figure", "crius", "containerd", "ratio"
+        "{} pods (N) of {} busybox sleep containers each: {} container samples, {} pod samples\n\
+         {:<44} {:>10} {:>11} {:>8}\n",
+        report.pods,
+        report.containers,
+        report.pods * report.containers,
+        report.pods,
+        "figure",
+        "crius",
+        "containerd",
+        "ratio"
     );
     for i in 0..rows {
         let cell = |f: &Option<Vec<(String, String, f64, usize)>>| {
@@ -207,7 +215,7 @@ fn run_json(r: &RuntimeRun) -> Value {
             "pod_id": p.pod_id,
             "pause": mem_json(&p.pause),
             "helper": mem_json(&p.helper),
-            "container_pid": p.container_pid,
+            "container_pids": p.container_pids,
         })).collect::<Vec<_>>(),
         "cgroups": r.cgroups,
         "problems": r.problems,
@@ -231,6 +239,7 @@ pub fn json(report: &Report) -> Value {
     }
     json!({ "container": {
         "pods": report.pods,
+        "containers_per_pod": report.containers,
         "bench_pid": report.bench_pid,
         "runtimes": report.runs.iter().map(run_json).collect::<Vec<_>>(),
         "ratios": ratios,
@@ -282,7 +291,7 @@ mod tests {
                 pod_id: "p".into(),
                 pause: m(2),
                 helper: m(3),
-                container_pid: 4,
+                container_pids: vec![4],
             }],
             cgroups: Vec::new(),
             problems: Vec::new(),
@@ -293,6 +302,7 @@ mod tests {
     fn table_and_json_have_ratios() {
         let report = Report {
             pods: 1,
+            containers: 1,
             bench_pid: 1,
             runs: vec![
                 run(Runtime::Crius, 10, 1000),

@@ -11,12 +11,17 @@ use crius_proto::v1::{
     ListPodSandboxRequest, NamespaceMode, PodSandboxConfig, PodSandboxMetadata,
 };
 
-use super::{PodProcesses, Runtime, RuntimeRun, Shared, conflist, drive, host, pull};
+use super::{
+    ContainerParams, PodProcesses, Runtime, RuntimeRun, Shared, conflist, drive, host, pull,
+};
 use crate::bench::containerd::{self, Containerd, PodSettings};
 use crate::config::NetSlot;
 use crate::{Crius, Options, client, namespaces, procfs};
 
-pub(super) async fn run_crius(shared: &Shared, pods: usize) -> anyhow::Result<RuntimeRun> {
+pub(super) async fn run_crius(
+    shared: &Shared,
+    params: &ContainerParams,
+) -> anyhow::Result<RuntimeRun> {
     let opts = Options::new().set("log_level", "\"warn\"").conflist(
         "10-bench.conflist",
         &conflist(
@@ -31,7 +36,7 @@ pub(super) async fn run_crius(shared: &Shared, pods: usize) -> anyhow::Result<Ru
     let channel = client::connect(&crius.paths().socket).await?;
     pull(channel.clone(), &shared.image).await?;
     let side = Side::Crius(&crius);
-    let mut run = drive(&side, channel, shared, pods).await?;
+    let mut run = drive(&side, channel, shared, params).await?;
     run.problems.extend(crius.leaks().await);
     drop(crius);
     run.problems.extend(gone(&run));
@@ -59,7 +64,10 @@ impl Drop for Bridge {
     }
 }
 
-pub(super) async fn run_containerd(shared: &Shared, pods: usize) -> anyhow::Result<RuntimeRun> {
+pub(super) async fn run_containerd(
+    shared: &Shared,
+    params: &ContainerParams,
+) -> anyhow::Result<RuntimeRun> {
     if !containerd::available() {
         bail!(
             "{} is missing (apt-get install containerd runc)",
@@ -110,7 +118,7 @@ pub(super) async fn run_containerd(shared: &Shared, pods: usize) -> anyhow::Resu
     pull(channel.clone(), &shared.pause_image).await?;
     pull(channel.clone(), &shared.image).await?;
     let side = Side::Containerd(&setup);
-    let mut run = drive(&side, channel, shared, pods)
+    let mut run = drive(&side, channel, shared, params)
         .await
         .with_context(|| format!("containerd log:\n{}", setup.c.log()))?;
     run.problems.extend(containerd_leaks(&setup, &run).await);
@@ -138,7 +146,11 @@ fn gone(run: &RuntimeRun) -> Vec<String> {
     let mut left: Vec<String> = run
         .pods
         .iter()
-        .flat_map(|p| [p.pause.pid, p.helper.pid, p.container_pid])
+        .flat_map(|p| {
+            [p.pause.pid, p.helper.pid]
+                .into_iter()
+                .chain(p.container_pids.clone())
+        })
         .filter(|&pid| procfs::is_alive(pid))
         .map(|pid| {
             let comm = procfs::stat(pid).map(|s| s.comm).unwrap_or_default();
@@ -184,7 +196,11 @@ async fn containerd_leaks(s: &ContainerdSetup, run: &RuntimeRun) -> Vec<String> 
     let recorded: Vec<i32> = run
         .pods
         .iter()
-        .flat_map(|p| [p.pause.pid, p.helper.pid, p.container_pid])
+        .flat_map(|p| {
+            [p.pause.pid, p.helper.pid]
+                .into_iter()
+                .chain(p.container_pids.clone())
+        })
         .collect();
     containerd::reap(&recorded);
     leaks.extend(
@@ -351,7 +367,7 @@ impl Side<'_> {
                 s.shim_cg.path
             ));
         }
-        for pid in [p.pause.pid, p.container_pid] {
+        for &pid in std::iter::once(&p.pause.pid).chain(&p.container_pids) {
             for line in host::cgroups_of(pid) {
                 let Some((_, path)) = line.split_once(':') else {
                     continue;
@@ -361,7 +377,7 @@ impl Side<'_> {
                 }
             }
         }
-        for pid in [p.helper.pid, p.pause.pid, p.container_pid] {
+        for &pid in [p.helper.pid, p.pause.pid].iter().chain(&p.container_pids) {
             for dir in host::cgroup_dirs(&shared.hierarchies, &pid.to_string()) {
                 if shared.own_cgroups.iter().any(|own| dir.starts_with(own)) {
                     problems.push(format!(
