@@ -51,6 +51,7 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     pub network: NetworkConfig,
     pub pod: PodConfig,
+    pub streaming: StreamingConfig,
     /// Per-registry settings, keyed by registry host (`docker.io`, `registry.k8s.io`, `localhost:5000`).
     pub registries: BTreeMap<String, RegistryConfig>,
 }
@@ -108,6 +109,39 @@ pub struct PodConfig {
     pub pause_oom_score_adj: i32,
 }
 
+/// The streaming server (Exec, Attach, PortForward URLs).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// The address it listens on; 127.0.0.1 keeps it to this node (kubelet proxies to it).
+    pub address: String,
+    /// Its port; 0 picks a free one at startup.
+    pub port: u16,
+    /// PEM certificate chain and key for HTTPS; both empty means plain HTTP.
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// A stream with no traffic either way for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// How long a SPDY client may take to open the streams of a session after the upgrade.
+    pub stream_creation_timeout: HumanDuration,
+    /// URLs handed out and not yet used, at most (a further Exec/Attach/PortForward is refused).
+    pub max_outstanding_tokens: usize,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: "127.0.0.1".into(),
+            port: 0,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            idle_timeout: HumanDuration(Duration::from_secs(4 * 3600)),
+            stream_creation_timeout: HumanDuration(Duration::from_secs(30)),
+            max_outstanding_tokens: 1000,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -121,6 +155,7 @@ impl Default for Config {
             cgroup: CgroupConfig::default(),
             network: NetworkConfig::default(),
             pod: PodConfig::default(),
+            streaming: StreamingConfig::default(),
             registries: BTreeMap::new(),
         }
     }
@@ -249,6 +284,31 @@ impl Config {
                     }
                 })?;
             }
+        }
+        let st = &self.streaming;
+        if st.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "streaming.address",
+                reason: format!("{:?} is not an IP address", st.address),
+            });
+        }
+        if st.tls_cert_file.as_os_str().is_empty() != st.tls_key_file.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "streaming.tls_cert_file",
+                reason: "tls_cert_file and tls_key_file go together".into(),
+            });
+        }
+        if st.idle_timeout.0.is_zero() || st.stream_creation_timeout.0.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "streaming.idle_timeout",
+                reason: "idle_timeout and stream_creation_timeout must be greater than zero".into(),
+            });
+        }
+        if st.max_outstanding_tokens == 0 {
+            return Err(ConfigError::Invalid {
+                key: "streaming.max_outstanding_tokens",
+                reason: "must be at least 1".into(),
+            });
         }
         if !self.cgroup.default_parent.starts_with('/')
             && !self.cgroup.default_parent.ends_with(".slice")

@@ -28,6 +28,9 @@ pub enum Error {
     },
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A bounded resource (outstanding streaming URLs) is used up; retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0} is not implemented by crius yet")]
     Unimplemented(&'static str),
     /// A CNI plugin (an external program) failed.

@@ -13,6 +13,7 @@ mod pod;
 mod runtime;
 mod server;
 mod store;
+mod streaming;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

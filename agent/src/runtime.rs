@@ -123,6 +123,23 @@ impl Runtime {
         })
     }
 
+    /// RunPodSandbox: the pod, then its monitor, so that the pod's first CreateContainer costs no more than
+    /// the others. A pod whose monitor cannot start is removed again.
+    pub async fn run_pod(&self, spec: crate::pod::spec::PodSpec) -> Result<String> {
+        let id = self.pods.run(spec).await?;
+        let started = match self.pods.get(&id) {
+            Ok(pod) => self.containers.start_monitor(&pod.pod_dir).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            if let Err(cleanup) = self.remove_pod(&id).await {
+                tracing::warn!(pod = %id, error = %cleanup, "cannot remove the pod whose monitor failed");
+            }
+            return Err(e);
+        }
+        Ok(id)
+    }
+
     /// StopPodSandbox: the containers are killed (and their exits recorded) before the pod's own teardown.
     pub async fn stop_pod(&self, id: &str) -> Result<()> {
         match self.pods.get(id) {

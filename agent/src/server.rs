@@ -32,8 +32,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(crate::error::chain(&e)))?,
     );
+    let streaming =
+        crate::streaming::Streaming::start(&config.streaming, Arc::clone(&runtime)).await?;
     let listener = bind_socket(&config.listen)?;
-    let cri = Cri::new(Arc::clone(&runtime));
+    let cri = Cri::new(Arc::clone(&runtime), streaming);
     tracing::info!(
         socket = %config.listen.display(),
         root = %config.root.display(),

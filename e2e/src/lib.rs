@@ -49,4 +49,6 @@ pub mod bench;
 pub mod containers;
 pub mod images;
 pub mod registry;
+pub mod spdy_client;
 pub mod vm;
+pub mod ws_client;

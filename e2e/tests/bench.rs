@@ -1,5 +1,6 @@
 //! Smoke runs of the benchmark tool (`crius-bench`), so it cannot rot: a tiny pull benchmark with every tool,
-//! and a 2-pod container benchmark on crius and containerd followed by a leak check from outside, through the
+//! a 2-pod container benchmark on crius and containerd followed by a leak check from outside, and a short
+//! streaming churn (exec sessions, the agent's descriptors before and after), through the
 //! real binary, checked for sane figures. Not timed tests: nothing here compares speeds.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -192,4 +193,46 @@ fn container_benchmark_runs_both_runtimes_and_leaves_nothing() {
         leaks.push(format!("left behind in TMPDIR: {left:?}"));
     }
     assert!(leaks.is_empty(), "leaks:\n  {}", leaks.join("\n  "));
+}
+
+#[test]
+fn streaming_benchmark_runs_sessions_and_leaves_nothing() {
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_crius-bench"))
+        .env("TMPDIR", tmp.path())
+        .args([
+            "streaming",
+            "--sessions",
+            "30",
+            "--concurrency",
+            "5",
+            "--json",
+        ])
+        .arg(json.path())
+        .output()
+        .expect("cannot run crius-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value = serde_json::from_slice(&std::fs::read(json.path()).unwrap_or_default())
+        .unwrap_or(Value::Null);
+    assert!(
+        out.status.success(),
+        "crius-bench failed:\n{stdout}\n{stderr}\n{report:#}"
+    );
+    let r = &report["streaming"];
+    assert_eq!(r["sessions"], 30, "{r:#}");
+    assert_eq!(r["failures"], serde_json::json!([]), "{r:#}");
+    assert_eq!(r["helpers_left"], serde_json::json!([]), "{r:#}");
+    assert!(r["session_p50_ms"].as_f64().unwrap() > 0.0, "{r:#}");
+    assert!(
+        r["agent_fds_after"].as_u64().unwrap() <= r["agent_fds_before"].as_u64().unwrap(),
+        "{r:#}"
+    );
+    assert!(stdout.contains("agent descriptors:"), "{stdout}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
 }

@@ -779,6 +779,55 @@ async fn no_descriptor_of_crius_reaches_a_container_and_its_exe_is_the_workload(
     f.c.assert_no_leaks().await;
 }
 
+/// The monitor and the exec helper are Rust programs, which ignore SIGPIPE, and block the signals they read
+/// from a signalfd; neither may reach the workload (an ignored SIGPIPE survives exec: `yes | head` would
+/// never end).
+#[tokio::test]
+async fn the_workload_and_an_exec_start_with_no_signal_ignored_or_blocked() {
+    let f = fixture().await;
+    let pod = f.pod(f.c.pod_config("signals")).await;
+    let out = f
+        .run(
+            &pod,
+            f.config("busybox", "status", &["cat", "/proc/self/status"]),
+        )
+        .await;
+    for key in ["SigIgn", "SigBlk"] {
+        assert_eq!(
+            status_field(&out.stdout, key),
+            Some("0000000000000000"),
+            "{key} of the workload:\n{}",
+            out.stdout
+        );
+    }
+    let id = f
+        .spawn(&pod, f.config("busybox", "sleeper", &["sleep", "1000"]))
+        .await;
+    let status = f.exec_ok(&id, &["cat", "/proc/self/status"]).await;
+    for key in ["SigIgn", "SigBlk"] {
+        assert_eq!(
+            status_field(&status, key),
+            Some("0000000000000000"),
+            "{key} of an exec:\n{status}"
+        );
+    }
+    // And the pipe ends as it should: head exits, cat gets SIGPIPE.
+    let piped = f
+        .exec(&id, &["sh", "-c", "cat /dev/zero | head -c 4 | wc -c"], 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            piped.exit_code,
+            String::from_utf8_lossy(&piped.stdout).trim()
+        ),
+        (0, "4")
+    );
+    f.stop_and_remove(&id).await;
+    f.c.stop_and_remove(&pod.id).await;
+    f.c.assert_no_leaks().await;
+}
+
 /// A file outside the log directory, the target of a planted symlink.
 fn precious() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();

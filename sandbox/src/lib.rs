@@ -6,6 +6,8 @@
 pub mod cgroup;
 pub mod container;
 pub mod crilog;
+#[allow(unsafe_code)]
+pub mod fdpass;
 pub mod identity;
 pub mod sysctl;
 
@@ -18,4 +20,6 @@ pub mod mount;
 pub mod ns;
 pub mod pause;
 pub mod process;
+#[allow(unsafe_code)]
+pub mod pty;
 pub mod seccomp;

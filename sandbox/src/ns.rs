@@ -143,10 +143,52 @@ pub fn unbind(target: &Path) -> Result<(), NsError> {
     }
 }
 
+/// A TCP connection to localhost:`port` inside the network namespace pinned at `netns` (none: ours), for
+/// port-forwarding. The socket is made by a short-lived thread that joins the namespace (a namespace is a
+/// per-thread property; the thread ends with the connection made, and the socket stays in the namespace it was
+/// created in). 127.0.0.1 first, then ::1, as kubelet's runtimes do.
+pub fn connect_localhost_in(
+    netns: Option<&Path>,
+    port: u16,
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
+    let netns = netns.map(Path::to_path_buf);
+    let worker = std::thread::Builder::new()
+        .name("crius-netns-connect".into())
+        .spawn(move || -> io::Result<std::net::TcpStream> {
+            if let Some(path) = &netns {
+                let f = fs::File::open(path)?;
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            }
+            let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            match std::net::TcpStream::connect_timeout(&v4, timeout) {
+                Ok(s) => Ok(s),
+                Err(e4) => {
+                    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+                    std::net::TcpStream::connect_timeout(&v6, timeout).map_err(|_| e4)
+                }
+            }
+        })?;
+    worker
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connects_to_localhost_in_our_own_namespace() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let s = connect_localhost_in(None, port, std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(s.peer_addr().unwrap().port(), port);
+        drop(l);
+        let e = connect_localhost_in(None, port, std::time::Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+    }
 
     #[test]
     fn proc_names() {

@@ -404,6 +404,47 @@ pub(crate) fn set_controlling_tty(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     if r < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
+/// Sets every catchable signal (1 to 64, real-time ones included) back to its default action, for a process
+/// about to exec a workload: the Rust runtime ignores SIGPIPE, whoever started us may have ignored others, and
+/// an ignored signal stays ignored across exec (`yes | head` would never end). Handlers need no reset (exec
+/// resets those). The raw system call, since glibc refuses the two real-time signals it keeps for itself.
+pub(crate) fn default_signal_dispositions() -> Result<(), Errno> {
+    /// The kernel's `struct sigaction` on x86-64 and aarch64 (not glibc's).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction reads one kernel sigaction through the pointer, a live local of that layout, with
+        // an 8-byte signal set as the size says; SIG_DFL installs no handler code, and no old action is asked for.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+        if r < 0 {
+            return Err(Errno::last());
+        }
+    }
+    Ok(())
+}
+
 /// `_exit(2)`: ends a forked child without running the parent's atexit handlers or flushing its buffers.
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no memory of ours.

@@ -1,9 +1,11 @@
-//! ExecSync: a command inside a running container, through the `crius-monitor exec` helper (which joins the
-//! container's namespaces and cgroup and takes on its identity; see `crius_sandbox::container::exec`).
+//! ExecSync and the streaming Exec: a command inside a running container, through the `crius-monitor exec`
+//! helper (which joins the container's namespaces and cgroup and takes on its identity; see
+//! `crius_sandbox::container::exec`).
 
 use std::time::{Duration, Instant};
 
-use super::record::ContainerState;
+use super::pty::PtyMaster;
+use super::record::{ContainerRecord, ContainerState};
 use super::service::Containers;
 use crate::config::monitor_binary;
 use crate::error::{Error, Result};
@@ -60,31 +62,8 @@ impl Containers {
         cmd: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput> {
-        if cmd.is_empty() {
-            return Err(Error::invalid("cmd", "must not be empty"));
-        }
-        let rec = self.status(id).await?;
-        if rec.state != ContainerState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
-        let mut command = tokio::process::Command::new(monitor_binary());
-        command
-            .arg("exec")
-            .arg("--pid")
-            .arg(rec.pid.to_string())
-            .arg("--spec")
-            .arg(rec.bundle.join("config.json"))
-            .arg("--timeout-ms")
-            .arg(timeout.as_millis().to_string());
-        if let Some(dir) = &rec.cgroup_abs {
-            command.arg("--cgroup").arg(dir);
-        }
-        let mut child = command
-            .arg("--")
-            .args(cmd)
+        let rec = self.exec_target(id, cmd).await?;
+        let mut child = helper_command(&rec, cmd, timeout, false)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -133,6 +112,166 @@ impl Containers {
             stdout,
             stderr,
             exit_code: code,
+        })
+    }
+}
+
+/// The helper's command line for `cmd` in `rec`'s container.
+fn helper_command(
+    rec: &ContainerRecord,
+    cmd: &[String],
+    timeout: Duration,
+    tty: bool,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(monitor_binary());
+    command
+        .arg("exec")
+        .arg("--pid")
+        .arg(rec.pid.to_string())
+        .arg("--spec")
+        .arg(rec.bundle.join("config.json"))
+        .arg("--timeout-ms")
+        .arg(timeout.as_millis().to_string());
+    if let Some(dir) = &rec.cgroup_abs {
+        command.arg("--cgroup").arg(dir);
+    }
+    if tty {
+        command.arg("--tty");
+    }
+    command.arg("--").args(cmd);
+    command
+}
+
+/// A streaming exec's process: the helper, and the command's stdio (pipes, or the pty master).
+#[derive(Debug)]
+pub struct ExecProcess {
+    helper: tokio::process::Child,
+    pub stdin: Option<tokio::process::ChildStdin>,
+    pub stdout: Option<tokio::process::ChildStdout>,
+    pub stderr: Option<tokio::process::ChildStderr>,
+    pub pty: Option<PtyMaster>,
+}
+
+impl ExecProcess {
+    /// Waits for the command: its exit code (128 + n after signal n; 126 or 127 when it could not be run,
+    /// with the reason on its stderr).
+    pub async fn wait(&mut self) -> Result<i32> {
+        let status = self
+            .helper
+            .wait()
+            .await
+            .map_err(|e| Error::sandbox("wait for the exec helper", e))?;
+        Ok(status.code().unwrap_or(255))
+    }
+
+    /// Ends the command (and what it started), never the container: the helper kills its process group.
+    pub fn stop(&self) {
+        if let Some(pid) = self.helper.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+}
+
+impl Containers {
+    /// The container an exec runs in: it must exist and be running, and `cmd` must not be empty.
+    async fn exec_target(&self, id: &str, cmd: &[String]) -> Result<ContainerRecord> {
+        if cmd.is_empty() {
+            return Err(Error::invalid("cmd", "must not be empty"));
+        }
+        let rec = self.status(id).await?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// Checks an Exec request before a URL is handed out for it.
+    pub async fn check_exec(&self, id: &str, cmd: &[String]) -> Result<String> {
+        Ok(self.exec_target(id, cmd).await?.id)
+    }
+
+    /// Starts `cmd` for a streaming exec, with a pty (`tty`) or with pipes for the streams asked for (the
+    /// others are /dev/null). No timeout: it runs until it exits or [`ExecProcess::stop`].
+    pub async fn exec_start(
+        &self,
+        id: &str,
+        cmd: &[String],
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<ExecProcess> {
+        use std::process::Stdio;
+        let rec = self.exec_target(id, cmd).await?;
+        let pipe = |wanted: bool| {
+            if wanted {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            }
+        };
+        let mut command = helper_command(&rec, cmd, Duration::ZERO, tty);
+        command.kill_on_drop(true);
+        if !tty {
+            let mut helper = command
+                .stdin(pipe(stdin))
+                .stdout(pipe(stdout))
+                .stderr(pipe(stderr))
+                .spawn()
+                .map_err(|e| Error::sandbox("start the exec helper", e))?;
+            return Ok(ExecProcess {
+                stdin: helper.stdin.take(),
+                stdout: helper.stdout.take(),
+                stderr: helper.stderr.take(),
+                helper,
+                pty: None,
+            });
+        }
+        // The helper hands the pty master over its stdin, a socket; what it says about itself goes to stderr.
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| Error::sandbox("make the exec helper's socket", e))?;
+        let mut helper = command
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::sandbox("start the exec helper", e))?;
+        let received = tokio::task::spawn_blocking(move || {
+            ours.set_read_timeout(Some(Duration::from_secs(30)))?;
+            crius_sandbox::fdpass::recv_fd(std::os::fd::AsFd::as_fd(&ours))
+        })
+        .await
+        .map_err(|e| Error::sandbox("receive the pty", e))?;
+        let master = match received {
+            Ok(fd) => fd,
+            Err(e) => {
+                // The helper failed before the command ran: its message says why.
+                let message = read_capped(helper.stderr.take()).await;
+                let _ = helper.wait().await;
+                let message = String::from_utf8_lossy(&message).trim().to_string();
+                return Err(Error::sandbox(
+                    format!("exec in container {}", rec.id),
+                    if message.is_empty() {
+                        e.to_string()
+                    } else {
+                        message
+                    },
+                ));
+            }
+        };
+        let pty = PtyMaster::new(master).map_err(|e| Error::sandbox("use the pty", e))?;
+        Ok(ExecProcess {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            helper,
+            pty: Some(pty),
         })
     }
 }

@@ -1,6 +1,6 @@
-//! Talking to a pod's monitor (`crius-monitor`, see `crius_sandbox::monitor`): starting it, and one JSON request
-//! per connection over its socket. The monitor outlives the agent; after a restart the agent simply connects
-//! again.
+//! Talking to a pod's monitor (`crius-monitor`, see `crius_sandbox::monitor`): starting it, one JSON request per
+//! connection over its socket, and attach sessions (a request, then binary frames both ways). The monitor outlives
+//! the agent; after a restart the agent simply connects again.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,6 +8,8 @@ use std::time::Duration;
 use crius_sandbox::monitor::{Request, Response, SOCKET, short_socket_path};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+
+use super::attach::Attach;
 
 use crate::error::{Error, Result};
 
@@ -108,6 +110,56 @@ impl MonitorHandle {
                 op: "pod monitor request",
                 after: CALL_TIMEOUT,
             }),
+        }
+    }
+
+    /// Opens an attach session to container `id` (created or running): its output from now on, and with
+    /// `stdin` its stdin (the container must have been created with stdin). Connecting and the monitor's answer
+    /// are bounded by the call timeout; the session itself lasts until the container exits or it is dropped.
+    pub async fn attach(&self, id: &str, stdin: bool) -> Result<Attach> {
+        let socket = self.socket();
+        let req = Request::Attach {
+            id: id.to_string(),
+            stdin,
+        };
+        let open = async {
+            let (_dir, short) = short_socket_path(&self.dir, SOCKET)?;
+            let s = UnixStream::connect(&short).await?;
+            let (r, mut w) = s.into_split();
+            let mut line = serde_json::to_vec(&req).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            w.write_all(&line).await?;
+            // The reader keeps whatever follows the answer: the first frames.
+            let mut r = BufReader::new(r);
+            let mut answer = String::new();
+            r.read_line(&mut answer).await?;
+            let answer =
+                serde_json::from_str::<Response>(&answer).map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>((answer, r, w))
+        };
+        let (answer, r, w) = match tokio::time::timeout(CALL_TIMEOUT, open).await {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(e)) => {
+                return Err(Error::sandbox(
+                    format!("attach to container {id} at {}", socket.display()),
+                    e,
+                ));
+            }
+            Err(_) => {
+                return Err(Error::Timeout {
+                    op: "pod monitor attach",
+                    after: CALL_TIMEOUT,
+                });
+            }
+        };
+        match answer {
+            Response::Ok => Ok(Attach::new(r, w, id)),
+            Response::Error { message } => Err(Error::FailedPrecondition(format!(
+                "attach to container {id}: {message}"
+            ))),
+            other => Err(Error::FailedPrecondition(format!(
+                "attach to container {id}: the pod monitor answered {other:?}"
+            ))),
         }
     }
 

@@ -695,6 +695,13 @@ impl Containers {
         Ok(())
     }
 
+    /// Starts the pod's monitor (RunPodSandbox) unless it already runs.
+    pub async fn start_monitor(&self, pod_dir: &Path) -> Result<()> {
+        MonitorHandle::new(pod_dir)
+            .ensure_running(&monitor_binary())
+            .await
+    }
+
     /// For RemovePodSandbox: every container of the pod is removed.
     pub async fn remove_pod(&self, pod_id: &str, pod_dir: &Path) -> Result<()> {
         self.stop_pod(pod_id, pod_dir).await?;

@@ -292,9 +292,66 @@ pub fn pod_filter(f: Option<v1::PodSandboxFilter>) -> PodFilter {
     }
 }
 
+/// The streams an Exec or Attach asks for: at least one, and no stderr beside a terminal (its output is one
+/// stream).
+pub fn stream_flags(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<()> {
+    if !(stdin || stdout || stderr) {
+        return Err(Error::invalid(
+            "stdin",
+            "one of stdin, stdout and stderr must be true",
+        ));
+    }
+    if tty && stderr {
+        return Err(Error::invalid(
+            "stderr",
+            "must be false with tty: a terminal's output is one stream",
+        ));
+    }
+    Ok(())
+}
+
+/// PortForward's ports: each 1-65535.
+pub fn ports(ports: &[i32]) -> Result<Vec<u16>> {
+    ports
+        .iter()
+        .map(|&p| {
+            u16::try_from(p)
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| Error::invalid("port", format!("{p} is not a port (1-65535)")))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn field(r: Result<()>) -> String {
+        match r {
+            Err(Error::InvalidArgument { field, .. }) => field,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn streams_need_one_of_three_and_no_stderr_beside_a_terminal() {
+        assert!(stream_flags(false, false, true, false).is_ok());
+        assert!(stream_flags(true, true, true, false).is_ok());
+        assert_eq!(field(stream_flags(false, false, false, false)), "stdin");
+        assert_eq!(field(stream_flags(true, false, true, true)), "stderr");
+    }
+
+    #[test]
+    fn forwarded_ports_are_1_to_65535() {
+        assert_eq!(ports(&[80, 65535]).ok(), Some(vec![80, 65535]));
+        for bad in [0, -1, 65536] {
+            assert!(
+                matches!(ports(&[bad]), Err(Error::InvalidArgument { ref field, .. }) if field == "port"),
+                "{bad}"
+            );
+        }
+    }
 
     fn request() -> v1::RunPodSandboxRequest {
         v1::RunPodSandboxRequest {

@@ -19,16 +19,18 @@ use tracing::Instrument;
 
 use crate::error::Error;
 use crate::runtime::Runtime;
+use crate::streaming::{Pending, Streaming};
 
-/// Both CRI services on one value (they share the runtime).
+/// Both CRI services on one value (they share the runtime and the streaming server).
 #[derive(Clone)]
 pub struct Cri {
     rt: Arc<Runtime>,
+    streaming: Arc<Streaming>,
 }
 
 impl Cri {
-    pub fn new(rt: Arc<Runtime>) -> Cri {
-        Cri { rt }
+    pub fn new(rt: Arc<Runtime>, streaming: Arc<Streaming>) -> Cri {
+        Cri { rt, streaming }
     }
 }
 
@@ -114,7 +116,7 @@ impl RuntimeService for Cri {
             .unwrap_or_default();
         rpc("RunPodSandbox", &name, async {
             let spec = convert::pod_spec(req)?;
-            let id = self.rt.pods.run(spec).await?;
+            let id = self.rt.run_pod(spec).await?;
             Ok(v1::RunPodSandboxResponse { pod_sandbox_id: id })
         })
         .await
@@ -345,17 +347,70 @@ impl RuntimeService for Cri {
         })
         .await
     }
-    async fn exec(&self, _r: Request<v1::ExecRequest>) -> R<v1::ExecResponse> {
-        unimplemented("Exec")
+    async fn exec(&self, req: Request<v1::ExecRequest>) -> R<v1::ExecResponse> {
+        let req = req.into_inner();
+        rpc_container("Exec", &req.container_id, async {
+            convert::stream_flags(req.tty, req.stdin, req.stdout, req.stderr)?;
+            let id = self
+                .rt
+                .containers
+                .check_exec(&req.container_id, &req.cmd)
+                .await?;
+            let url = self.streaming.url(Pending::Exec {
+                container_id: id,
+                cmd: req.cmd,
+                tty: req.tty,
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+            })?;
+            Ok(v1::ExecResponse { url })
+        })
+        .await
     }
-    async fn attach(&self, _r: Request<v1::AttachRequest>) -> R<v1::AttachResponse> {
-        unimplemented("Attach")
+    async fn attach(&self, req: Request<v1::AttachRequest>) -> R<v1::AttachResponse> {
+        let req = req.into_inner();
+        rpc_container("Attach", &req.container_id, async {
+            let rec = self
+                .rt
+                .containers
+                .check_attach(&req.container_id, req.stdin)
+                .await?;
+            // The container's terminal setting decides the streams (containerd does the same).
+            let tty = rec.config.tty;
+            convert::stream_flags(tty, req.stdin, req.stdout, req.stderr && !tty)?;
+            let url = self.streaming.url(Pending::Attach {
+                container_id: rec.id,
+                tty,
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr && !tty,
+            })?;
+            Ok(v1::AttachResponse { url })
+        })
+        .await
     }
     async fn port_forward(
         &self,
-        _r: Request<v1::PortForwardRequest>,
+        req: Request<v1::PortForwardRequest>,
     ) -> R<v1::PortForwardResponse> {
-        unimplemented("PortForward")
+        let req = req.into_inner();
+        rpc("PortForward", &req.pod_sandbox_id, async {
+            let ports = convert::ports(&req.port)?;
+            let pod = self.rt.pods.get(&req.pod_sandbox_id)?;
+            if pod.observed_state() != crate::pod::record::PodState::Ready {
+                return Err(Error::FailedPrecondition(format!(
+                    "pod sandbox {} is not ready",
+                    pod.id
+                )));
+            }
+            let url = self.streaming.url(Pending::PortForward {
+                pod_id: pod.id,
+                ports,
+            })?;
+            Ok(v1::PortForwardResponse { url })
+        })
+        .await
     }
     async fn container_stats(
         &self,

@@ -12,6 +12,7 @@ pub fn to_status(err: &Error) -> Status {
         Error::NotFound { .. } => Code::NotFound,
         Error::AlreadyExists { .. } => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::Unimplemented(_) => Code::Unimplemented,
         // An external program (a CNI plugin) failed: not our bug, not the caller's; the message names the plugin.
         Error::Network { .. } => Code::Unknown,

@@ -16,7 +16,7 @@
 //! local registry.
 
 mod host;
-mod report;
+pub(crate) mod report;
 mod runtimes;
 
 use std::collections::BTreeSet;

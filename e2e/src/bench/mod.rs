@@ -5,3 +5,4 @@ pub mod container;
 pub mod containerd;
 pub mod measure;
 pub mod pull;
+pub mod streaming;

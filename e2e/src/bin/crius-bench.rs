@@ -4,6 +4,7 @@
 //! ```text
 //! crius-bench pull [--sizes 50,200] [--layers 5] [--runs 3] [--tools crius,containerd,skopeo] [--json FILE]
 //! crius-bench container [--pods 10] [--containers 1] [--runtimes crius,containerd] [--json FILE]
+//! crius-bench streaming [--sessions 1000] [--concurrency 1] [--json FILE]
 //! ```
 //! The crius binary is the harness' (`$CRIUS_BIN`, else `target/debug/crius`; `make bench` uses the release
 //! build). Run as root: crius needs it, and so does containerd. `container` runs crius with `RUST_LOG=warn`
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use crius_e2e::bench::{container, measure, pull};
+use crius_e2e::bench::{container, measure, pull, streaming};
 
 #[derive(Parser)]
 #[command(name = "crius-bench", about = "crius vs containerd, side by side")]
@@ -59,6 +60,18 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Many short exec sessions over WebSocket against one container: session latency, and the agent's
+    /// descriptors and RSS before and after (leaks), and exec helpers left.
+    Streaming {
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Sessions at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Also write the results as JSON to this file (`-` for stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Run a command as this process' only child and print its wall time, CPU time and peak RSS as JSON.
     #[command(hide = true)]
     Rusage {
@@ -95,20 +108,33 @@ fn main() -> anyhow::Result<()> {
             print!("{}", pull::table(&rows));
             write_json(json, &pull::json(&rows))
         }
+        Cmd::Streaming {
+            sessions,
+            concurrency,
+            json,
+        } => {
+            quiet_children()?;
+            let params = streaming::StreamingParams {
+                sessions,
+                concurrency,
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let report = rt.block_on(streaming::run(&params))?;
+            print!("{}", report.table());
+            write_json(json, &report.json())?;
+            let problems = report.problems();
+            if !problems.is_empty() {
+                bail!("streaming problems:\n  {}", problems.join("\n  "));
+            }
+            Ok(())
+        }
         Cmd::Container {
             pods,
             containers,
             runtimes,
             json,
         } => {
-            if std::env::var_os("RUST_LOG").is_none() {
-                // crius serve inherits our environment; exec replaces this process, it does not return.
-                let err = std::process::Command::new(std::env::current_exe()?)
-                    .args(std::env::args_os().skip(1))
-                    .env("RUST_LOG", "warn")
-                    .exec();
-                return Err(err).context("cannot run myself again with RUST_LOG=warn");
-            }
+            quiet_children()?;
             let runtimes = runtimes
                 .iter()
                 .map(|r| container::Runtime::parse(r))
@@ -129,6 +155,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// crius serve inherits our environment: without RUST_LOG, run ourselves again with RUST_LOG=warn (exec
+/// replaces this process; it returns only on failure).
+fn quiet_children() -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_none() {
+        let err = std::process::Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env("RUST_LOG", "warn")
+            .exec();
+        return Err(err).context("cannot run myself again with RUST_LOG=warn");
+    }
+    Ok(())
 }
 
 fn write_json(to: Option<PathBuf>, value: &serde_json::Value) -> anyhow::Result<()> {

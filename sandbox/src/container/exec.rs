@@ -2,14 +2,20 @@
 //! exec` helper, exec'd by the agent, joins every namespace of the container's init and its cgroup, then forks
 //! the command with the container's user, capabilities, no_new_privs and seccomp profile. It waits for the
 //! command (killing its whole process group after the timeout, never the container) and exits with its status.
+//!
+//! With `--tty` the command gets a pty made inside the container (its devpts, so `tty` names it) as its
+//! controlling terminal, and the helper hands the master to the agent over its stdin, a unix socket
+//! ([`crate::fdpass`]). SIGTERM, SIGINT or SIGHUP to the helper (the agent ending a stream) kill the command's
+//! process group, never the container, and the helper exits with [`KILLED`].
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{SigSet, Signal, killpg};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
@@ -29,10 +35,14 @@ pub struct ExecRequest {
     pub args: Vec<String>,
     /// None: wait as long as it takes.
     pub timeout: Option<Duration>,
+    /// A pty for the command; its master goes to the agent over stdin (a unix socket).
+    pub tty: bool,
 }
 
 /// Exit status of the helper when the command timed out (and was killed).
 pub const TIMED_OUT: i32 = 124;
+/// Exit status of the helper when it was told to stop (and killed the command).
+pub const KILLED: i32 = 137;
 
 /// Runs the request; returns the exit code the helper should exit with (the command's, 128+n for a signal,
 /// [`TIMED_OUT`] after a timeout, 127 when the command cannot be executed).
@@ -84,6 +94,16 @@ pub fn run(req: &ExecRequest) -> Result<i32, InitError> {
         })?;
     }
     drop(files);
+    // Stop requests are taken in the wait loop; the command unblocks every signal again.
+    let mut stop = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        stop.add(sig);
+    }
+    stop.thread_block()
+        .map_err(InitError::sys("block the stop signals"))?;
+    let stops = SignalFd::with_flags(&stop, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(InitError::sys("signalfd"))?;
+    let pty = if req.tty { Some(open_pty()?) } else { None };
     let args = req.args.clone();
     let env = process.env().clone().unwrap_or_default();
     let program = args
@@ -92,12 +112,51 @@ pub fn run(req: &ExecRequest) -> Result<i32, InitError> {
         .clone();
     match sys::fork_single_threaded().map_err(InitError::sys("fork"))? {
         ForkSide::Child => {
-            let e = child(&process, seccomp.as_ref(), &program, &args, &env);
+            drop(stops);
+            let slave = pty.map(|(master, slave)| {
+                drop(master);
+                slave
+            });
+            let e = child(&process, seccomp.as_ref(), &program, &args, &env, slave);
             eprintln!("{}", super::one_line(&e));
             sys::exit_now(127)
         }
-        ForkSide::Parent(child) => Ok(wait(child, req.timeout)),
+        ForkSide::Parent(child) => {
+            if let Some((master, slave)) = pty {
+                // Ours would keep the terminal open after the command is gone: the agent must see its end.
+                drop(slave);
+                let sent = crate::fdpass::send_fd(std::io::stdin().as_fd(), master.as_fd());
+                drop(master);
+                if let Err(e) = sent {
+                    let _ = killpg(Pid::from_raw(child), Signal::SIGKILL);
+                    let _ = waitpid(Pid::from_raw(child), None);
+                    return Err(InitError::io(
+                        "hand over the pty master on",
+                        std::path::Path::new("stdin"),
+                        e,
+                    ));
+                }
+            }
+            Ok(wait(child, req.timeout, &stops))
+        }
     }
+}
+
+/// A pty from the container's /dev/ptmx (we are in its mount namespace): (master, slave).
+fn open_pty() -> Result<(OwnedFd, OwnedFd), InitError> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(InitError::sys("open /dev/ptmx"))?;
+    nix::pty::grantpt(&master).map_err(InitError::sys("grantpt"))?;
+    nix::pty::unlockpt(&master).map_err(InitError::sys("unlockpt"))?;
+    let name = nix::pty::ptsname_r(&master).map_err(InitError::sys("ptsname"))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(InitError::sys("open the pty slave"))?;
+    Ok((OwnedFd::from(master), slave))
 }
 
 /// The command's side: its own process group (so a timeout kills all of it), the container's identity, exec.
@@ -107,16 +166,28 @@ fn child(
     program: &str,
     args: &[String],
     env: &[String],
+    tty: Option<OwnedFd>,
 ) -> InitError {
     let run = || -> Result<std::convert::Infallible, InitError> {
-        nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
-            .map_err(InitError::sys("setpgid"))?;
+        if let Some(slave) = &tty {
+            // A session of its own (so also a process group) with the pty as its controlling terminal.
+            nix::unistd::setsid().map_err(InitError::sys("setsid"))?;
+            nix::unistd::dup2_stdin(slave).map_err(InitError::sys("dup2 stdin"))?;
+            nix::unistd::dup2_stdout(slave).map_err(InitError::sys("dup2 stdout"))?;
+            nix::unistd::dup2_stderr(slave).map_err(InitError::sys("dup2 stderr"))?;
+            sys::set_controlling_tty(std::io::stdin().as_fd())
+                .map_err(InitError::sys("TIOCSCTTY"))?;
+        } else {
+            nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
+                .map_err(InitError::sys("setpgid"))?;
+        }
         nix::sys::signal::sigprocmask(
             nix::sys::signal::SigmaskHow::SIG_SETMASK,
             Some(&nix::sys::signal::SigSet::empty()),
             None,
         )
         .map_err(InitError::sys("reset the signal mask"))?;
+        sys::default_signal_dispositions().map_err(InitError::sys("reset signal dispositions"))?;
         become_the_process(process, seccomp)?;
         let cwd = process.cwd();
         nix::unistd::chdir(cwd)
@@ -143,8 +214,9 @@ fn child(
     }
 }
 
-/// Waits for the command; after `timeout`, SIGKILL to its process group, then its status.
-fn wait(child: i32, timeout: Option<Duration>) -> i32 {
+/// Waits for the command; after `timeout`, or when told to stop, SIGKILL to its process group, then its
+/// status.
+fn wait(child: i32, timeout: Option<Duration>, stops: &SignalFd) -> i32 {
     let pid = Pid::from_raw(child);
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
@@ -159,16 +231,22 @@ fn wait(child: i32, timeout: Option<Duration>) -> i32 {
             let _ = waitpid(pid, None);
             return TIMED_OUT;
         }
+        if let Ok(Some(_)) = stops.read_signal() {
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return KILLED;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
-/// Parses `exec --pid N --spec FILE [--cgroup DIR] [--timeout-ms MS] -- ARGS...`.
+/// Parses `exec --pid N --spec FILE [--cgroup DIR] [--timeout-ms MS] [--tty] -- ARGS...`.
 pub fn parse_args(args: &[String]) -> Result<ExecRequest, String> {
     let mut pid = None;
     let mut spec = None;
     let mut cgroup_dir = None;
     let mut timeout = None;
+    let mut tty = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
@@ -180,6 +258,7 @@ pub fn parse_args(args: &[String]) -> Result<ExecRequest, String> {
                 let ms: u64 = value()?.parse().map_err(|e| format!("--timeout-ms: {e}"))?;
                 timeout = (ms > 0).then(|| Duration::from_millis(ms));
             }
+            "--tty" => tty = true,
             "--" => break,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -194,6 +273,7 @@ pub fn parse_args(args: &[String]) -> Result<ExecRequest, String> {
         cgroup_dir,
         args: rest,
         timeout,
+        tty,
     })
 }
 
@@ -223,6 +303,9 @@ mod tests {
         assert_eq!(r.pid, 7);
         assert_eq!(r.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(r.args, s(&["sh", "-c", "x"]));
+        assert!(!r.tty);
+        let t = parse_args(&s(&["--pid", "7", "--spec", "/x", "--tty", "--", "sh"])).unwrap();
+        assert!(t.tty);
         assert!(parse_args(&s(&["--pid", "7", "--spec", "/x"])).is_err());
         assert!(
             parse_args(&s(&["--spec", "/x", "--", "true"]))

@@ -143,13 +143,15 @@ fn stage2(
             "a container needs its own mount namespace".into(),
         ));
     }
-    // The monitor blocks the signals it reads from a signalfd; the workload starts with none blocked.
+    // The monitor blocks the signals it reads from a signalfd and ignores SIGPIPE (the Rust runtime does); the
+    // workload starts with none blocked and every disposition the default.
     nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     )
     .map_err(InitError::sys("reset the signal mask"))?;
+    sys::default_signal_dispositions().map_err(InitError::sys("reset signal dispositions"))?;
     unshare(unshare_flags).map_err(InitError::sys("unshare mount/cgroup namespaces"))?;
     // Nothing we mount may propagate back to the host.
     mount(

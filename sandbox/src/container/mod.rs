@@ -114,18 +114,16 @@ impl Created {
     }
 }
 
-/// Forks the container's init for `spec` and waits until it is set up. Only for single-threaded callers.
+/// Forks the container's init for the OCI spec at `spec_path` and waits until it is set up. Only for
+/// single-threaded callers. The spec is read and its seccomp profile compiled in the child: the monitor itself
+/// never runs (nor keeps the pages of) the JSON and BPF code, which keeps it small; a bad spec or profile is
+/// reported by the child like any other setup error.
 pub fn create(
-    spec: &Spec,
+    spec_path: &Path,
     rootfs: &Rootfs,
     cgroup_dir: Option<&Path>,
     stdio: Stdio,
 ) -> Result<Created, InitError> {
-    // Compiled here, before the fork, so a bad profile fails the create with the monitor's error.
-    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => Some(crate::seccomp::compile(profile)?),
-        None => None,
-    };
     let (sync_r, sync_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(InitError::sys("pipe"))?;
     let (start_r, start_w) =
@@ -135,15 +133,25 @@ pub fn create(
             drop(sync_r);
             drop(start_w);
             let mut report = File::from(sync_w);
-            let code = match init::stage1(
-                spec,
-                rootfs,
-                cgroup_dir,
-                stdio,
-                seccomp.as_ref(),
-                start_r,
-                &mut report,
-            ) {
+            let setup = || -> Result<(), InitError> {
+                let spec = Spec::load(spec_path).map_err(|e| {
+                    InitError::BadSpec(format!("cannot load {}: {e}", spec_path.display()))
+                })?;
+                let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+                    Some(profile) => Some(crate::seccomp::compile(profile)?),
+                    None => None,
+                };
+                init::stage1(
+                    &spec,
+                    rootfs,
+                    cgroup_dir,
+                    stdio,
+                    seccomp.as_ref(),
+                    start_r,
+                    &mut report,
+                )
+            };
+            let code = match setup() {
                 Ok(()) => 0,
                 Err(e) => {
                     let _ = writeln!(report, "error {}", one_line(&e));

@@ -1,14 +1,14 @@
-//! The monitor's event loop: one thread, one poll(2) over the control socket, a signalfd and the containers'
-//! output pipes. No async runtime: the process forks container inits at any time, and a single thread is what
-//! makes that safe.
+//! The monitor's event loop: one thread, one poll(2) over the control socket, a signalfd, the containers'
+//! output pipes and stdin, and the attach sessions. No async runtime: the process forks container inits at any
+//! time, and a single thread is what makes that safe.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
@@ -16,6 +16,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::attach::{self, Input, Io, Sessions};
 use super::{ContainerState, EXITS, ExitRecord, Request, Response, SOCKET, Status};
 use crate::container::{self, Created, Stdio};
 use crate::crilog::{CriLog, DEFAULT_MAX_LINE, Stream};
@@ -45,17 +46,33 @@ struct Container {
     /// Until started: the handle that lets the init exec.
     created: Option<Created>,
     log: Option<CriLog>,
+    /// Non-blocking; with a tty, `stdout` is the pty master (and the terminal's one stream).
     stdout: Option<File>,
     stderr: Option<File>,
-    /// Our end of the container's stdin (attach writes here; kept open so stdin does not see EOF).
-    _stdin: Option<File>,
+    /// Created with stdin (attach sessions may ask for it).
+    stdin_wanted: bool,
+    /// Our end of the container's stdin, for attach sessions; kept open so stdin does not see EOF. None without
+    /// stdin, once closed for good (stdin_once) and after the exit.
+    stdin: Option<Input>,
+    tty: bool,
 }
+
+/// What one poll slot after the listener and the signalfd belongs to.
+enum Slot {
+    Output(String, Stream),
+    Stdin(String),
+    Session(u64),
+}
+
+/// How many reads of a stream an exit may drain at once (an orphan holding the pipe may write forever).
+const FINAL_READS: usize = 64;
 
 pub struct Monitor {
     dir: PathBuf,
     listener: UnixListener,
     signals: SignalFd,
     containers: BTreeMap<String, Container>,
+    sessions: Sessions,
     done: bool,
 }
 
@@ -110,6 +127,7 @@ impl Monitor {
             listener,
             signals,
             containers: BTreeMap::new(),
+            sessions: Sessions::default(),
             done: false,
         })
     }
@@ -117,9 +135,8 @@ impl Monitor {
     /// Serves until [`Request::Shutdown`] or SIGTERM.
     pub fn run(&mut self) -> Result<(), MonitorError> {
         while !self.done {
-            // Which container stream each poll slot after the first two belongs to.
-            let mut slots: Vec<(String, Stream)> = Vec::new();
-            let ready: Vec<bool> = {
+            let mut slots: Vec<Slot> = Vec::new();
+            let ready: Vec<PollFlags> = {
                 let mut fds = vec![
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
@@ -128,34 +145,81 @@ impl Monitor {
                     for (stream, f) in [(Stream::Stdout, &c.stdout), (Stream::Stderr, &c.stderr)] {
                         if let Some(f) = f {
                             fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
-                            slots.push((id.clone(), stream));
+                            slots.push(Slot::Output(id.clone(), stream));
                         }
                     }
+                    if let Some(input) = c.stdin.as_ref().filter(|i| i.busy()) {
+                        fds.push(PollFd::new(input.fd(), PollFlags::POLLOUT));
+                        slots.push(Slot::Stdin(id.clone()));
+                    }
                 }
-                match poll(&mut fds, PollTimeout::NONE) {
+                let busy = |id: &str| {
+                    self.containers
+                        .get(id)
+                        .is_some_and(|c| c.stdin.as_ref().is_some_and(Input::busy))
+                };
+                for (key, fd, flags) in self.sessions.interest(busy) {
+                    fds.push(PollFd::new(fd, flags));
+                    slots.push(Slot::Session(key));
+                }
+                // Only sessions of exited containers, waiting for their clients to read the end, have a deadline.
+                let timeout = match self.sessions.deadline() {
+                    None => PollTimeout::NONE,
+                    Some(d) => {
+                        let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
+                        PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+                    }
+                };
+                match poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(source) => return Err(MonitorError::Sys { op: "poll", source }),
                 }
                 fds.iter()
-                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
                     .collect()
             };
-            if ready[1] {
+            // Exits first: their output is drained and their sessions ended before anything else is read.
+            if !ready[1].is_empty() {
                 self.handle_signals();
             }
-            for (i, (id, stream)) in slots.iter().enumerate() {
-                if ready[i + 2] {
-                    self.drain(id, *stream);
+            for (slot, revents) in slots.iter().zip(&ready[2..]) {
+                if revents.is_empty() {
+                    continue;
+                }
+                match slot {
+                    Slot::Output(id, stream) => {
+                        self.drain(id, *stream);
+                    }
+                    Slot::Stdin(id) => {
+                        if let Some(c) = self.containers.get_mut(id) {
+                            attach::flush_input(&mut c.stdin);
+                        }
+                    }
+                    Slot::Session(key) => self.session_ready(*key, *revents),
                 }
             }
-            if ready[0]
+            self.sessions.expire(Instant::now());
+            if !ready[0].is_empty()
                 && let Ok((conn, _)) = self.listener.accept()
             {
                 self.serve(conn);
             }
         }
         self.kill_all();
+        self.sessions.flush_all();
         Ok(())
+    }
+
+    /// Hands an attach session what poll reported for it, with its container's stdin and terminal.
+    fn session_ready(&mut self, key: u64, revents: PollFlags) {
+        let Some(id) = self.sessions.container_of(key).map(str::to_string) else {
+            return;
+        };
+        let io = self.containers.get_mut(&id).map(|c| Io {
+            stdin: &mut c.stdin,
+            pty: c.stdout.as_ref().filter(|_| c.tty).map(|f| f.as_fd()),
+        });
+        self.sessions.ready(key, revents, io);
     }
 
     fn handle_signals(&mut self) {
@@ -185,14 +249,33 @@ impl Monitor {
     }
 
     fn record_exit(&mut self, pid: i32, exit_code: i32, signal: Option<i32>) {
+        if let Some(id) = self.write_exit(pid, exit_code, signal) {
+            self.end_sessions(&id, exit_code);
+        }
+    }
+
+    /// Attach sessions get what the container wrote before it exited, then the exit, then their end.
+    fn end_sessions(&mut self, id: &str, exit_code: i32) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            for _ in 0..FINAL_READS {
+                if !self.drain(id, stream) {
+                    break;
+                }
+            }
+        }
+        if let Some(c) = self.containers.get_mut(id) {
+            c.stdin = None;
+        }
+        self.sessions.exited(id, exit_code);
+    }
+
+    /// Records the exit of the container whose init is `pid`, if it is one; its id.
+    fn write_exit(&mut self, pid: i32, exit_code: i32, signal: Option<i32>) -> Option<String> {
         let dir = self.dir.clone();
-        let Some((id, c)) = self
+        let (id, c) = self
             .containers
             .iter_mut()
-            .find(|(_, c)| c.pid == pid && c.exit.is_none())
-        else {
-            return;
-        };
+            .find(|(_, c)| c.pid == pid && c.exit.is_none())?;
         let rec = ExitRecord {
             exit_code,
             signal,
@@ -210,25 +293,30 @@ impl Monitor {
         log(&format!(
             "container {id} (pid {pid}) exited with {exit_code}"
         ));
+        Some(id.clone())
     }
 
-    /// Reads what is there on one stream into the container's log; EOF closes the stream.
-    fn drain(&mut self, id: &str, stream: Stream) {
+    /// Reads what is there on one stream into the container's log, then to its attach sessions (the log never
+    /// waits for them); EOF closes the stream. Whether it read anything.
+    fn drain(&mut self, id: &str, stream: Stream) -> bool {
         let Some(c) = self.containers.get_mut(id) else {
-            return;
+            return false;
         };
         let slot = match stream {
             Stream::Stdout => &mut c.stdout,
             Stream::Stderr => &mut c.stderr,
         };
-        let Some(f) = slot else { return };
+        let Some(f) = slot else { return false };
         let mut buf = [0u8; 32 * 1024];
         match f.read(&mut buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => false,
+            // EIO is a pty's end: its slave is closed.
             Ok(0) | Err(_) => {
                 *slot = None;
                 if let Some(log) = &mut c.log {
                     let _ = log.finish(stream);
                 }
+                false
             }
             Ok(n) => {
                 // A failing log (disk full) must never stop us from draining: the container would block.
@@ -237,6 +325,8 @@ impl Monitor {
                 {
                     log_err(id, &e);
                 }
+                self.sessions.output(id, stream, &buf[..n], &mut c.stdin);
+                true
             }
         }
     }
@@ -249,16 +339,52 @@ impl Monitor {
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
+        let mut attach = None;
         let response = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Attach { id, stdin }) => match self.attachable(&id, stdin) {
+                Ok(stdin) => {
+                    attach = Some((id, stdin));
+                    Response::Ok
+                }
+                Err(message) => Response::Error { message },
+            },
             Ok(req) => self.handle(req),
             Err(e) => Response::Error {
                 message: format!("bad request: {e}"),
             },
         };
-        if let Ok(mut out) = serde_json::to_vec(&response) {
-            out.push(b'\n');
-            let _ = (&conn).write_all(&out);
+        // What the client sent after its request line already belongs to the attach session.
+        let leftover = reader.buffer().to_vec();
+        drop(reader);
+        let Ok(mut out) = serde_json::to_vec(&response) else {
+            return;
+        };
+        out.push(b'\n');
+        if (&conn).write_all(&out).is_err() {
+            return;
         }
+        if let Some((id, stdin)) = attach {
+            match self.sessions.add(conn, &id, stdin, leftover) {
+                Ok(key) => self.session_ready(key, PollFlags::empty()),
+                Err(e) => log(&format!("cannot attach to container {id}: {e}")),
+            }
+        }
+    }
+
+    /// Whether container `id` can be attached to (created or running), and whether a session asking for stdin
+    /// gets it (not once a stdin_once stdin was closed).
+    fn attachable(&self, id: &str, stdin: bool) -> Result<bool, String> {
+        let c = self
+            .containers
+            .get(id)
+            .ok_or_else(|| format!("no container {id}"))?;
+        if c.exit.is_some() {
+            return Err(format!("container {id} has exited"));
+        }
+        if stdin && !c.stdin_wanted {
+            return Err(format!("container {id} was created without stdin"));
+        }
+        Ok(stdin && c.stdin.is_some())
     }
 
     fn handle(&mut self, req: Request) -> Response {
@@ -271,7 +397,7 @@ impl Monitor {
                 cgroup_dir,
                 log_path,
                 stdin,
-                stdin_once: _,
+                stdin_once,
                 tty,
             } => match self.create(
                 &id,
@@ -279,7 +405,7 @@ impl Monitor {
                 &rootfs,
                 cgroup_dir.as_deref(),
                 log_path.as_deref(),
-                stdin,
+                (stdin, stdin_once),
                 tty,
             ) {
                 Ok(pid) => Response::Created { pid },
@@ -343,7 +469,10 @@ impl Monitor {
                     },
                 },
             },
+            // Answered in `serve`: the connection becomes the session.
+            Request::Attach { .. } => fail("attach is not a one-shot request".into()),
             Request::Forget { id } => {
+                self.sessions.forget(&id);
                 if let Some(c) = self.containers.remove(&id)
                     && c.exit.is_none()
                 {
@@ -368,15 +497,16 @@ impl Monitor {
         rootfs: &container::Rootfs,
         cgroup_dir: Option<&Path>,
         log_path: Option<&Path>,
-        stdin: bool,
+        (stdin, stdin_once): (bool, bool),
         tty: bool,
     ) -> Result<i32, String> {
         if self.containers.contains_key(id) {
             return Err(format!("container {id} exists"));
         }
         let spec_path = bundle.join("config.json");
-        let spec = oci_spec::runtime::Spec::load(&spec_path)
-            .map_err(|e| format!("cannot load {}: {e}", spec_path.display()))?;
+        if !spec_path.is_file() {
+            return Err(format!("no OCI spec at {}", spec_path.display()));
+        }
         let cri_log = match log_path {
             Some(p) => {
                 Some(CriLog::open(p, DEFAULT_MAX_LINE).map_err(|e| container::one_line(&e))?)
@@ -400,8 +530,11 @@ impl Monitor {
                 stderr: slave,
             };
             let master = File::from(pty.master);
-            let writer = master.try_clone().map_err(|e| format!("dup: {e}"))?;
-            (stdio, Some(master), None, Some(writer))
+            let writer = match stdin {
+                true => Some(master.try_clone().map_err(|e| format!("dup: {e}"))?),
+                false => None,
+            };
+            (stdio, Some(master), None, writer)
         } else {
             let (out_r, out_w) = pipe()?;
             let (err_r, err_w) = pipe()?;
@@ -423,7 +556,15 @@ impl Monitor {
                 stdin_w,
             )
         };
-        let created = container::create(&spec, rootfs, cgroup_dir, stdio)
+        // Never block on the container: its output is read, and its stdin written, only as far as it goes now.
+        for f in [&out_r, &err_r].into_iter().flatten() {
+            attach::set_nonblocking(f.as_fd()).map_err(|e| format!("fcntl: {e}"))?;
+        }
+        let stdin_w = match stdin_w {
+            Some(w) => Some(Input::new(w, stdin_once, tty).map_err(|e| format!("fcntl: {e}"))?),
+            None => None,
+        };
+        let created = container::create(&spec_path, rootfs, cgroup_dir, stdio)
             .map_err(|e| container::one_line(&e))?;
         let pid = created.pid;
         log(&format!("container {id} created, init pid {pid}"));
@@ -438,7 +579,9 @@ impl Monitor {
                 log: cri_log,
                 stdout: out_r,
                 stderr: err_r,
-                _stdin: stdin_w,
+                stdin_wanted: stdin,
+                stdin: stdin_w,
+                tty,
             },
         );
         Ok(pid)
