@@ -96,6 +96,11 @@ pub struct LogRecord {
 impl Fixture {
     /// Starts a registry, pushes `images` as `<name>:1`, starts crius and pulls them all.
     pub async fn start(images: &[(&str, Image)]) -> Fixture {
+        Fixture::start_with(Options::new(), images).await
+    }
+
+    /// [`Fixture::start`] with crius started with `opts`.
+    pub async fn start_with(opts: Options, images: &[(&str, Image)]) -> Fixture {
         let registry = Registry::start();
         let mut refs = BTreeMap::new();
         for (name, image) in images {
@@ -104,7 +109,7 @@ impl Fixture {
                 .unwrap_or_else(|e| panic!("push {name}: {e:#}"));
             refs.insert(name.to_string(), format!("{}/{name}:1", registry.host()));
         }
-        let c = Crius::start(Options::new()).await;
+        let c = Crius::start(opts).await;
         for reference in refs.values() {
             c.images()
                 .pull_image(PullImageRequest {

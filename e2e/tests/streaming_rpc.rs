@@ -1,9 +1,12 @@
 //! The streaming RPCs themselves: Exec, Attach and PortForward refuse bad requests with the CRI's codes before
 //! any URL is handed out, the outstanding URLs are bounded, and the server speaks HTTPS when given a
-//! certificate. The sessions on the URLs are in streaming_spdy.rs and streaming_ws.rs.
+//! certificate, and a session with no traffic ends after the idle timeout, taking its exec'd process along.
+//! The sessions on the URLs are in streaming_spdy.rs and streaming_ws.rs.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::process::Command;
+
+use std::time::{Duration, Instant};
 
 use crius_e2e::containers::{Fixture, busybox_image, strings};
 use crius_e2e::v1::{self, ContainerState};
@@ -220,4 +223,88 @@ async fn outstanding_urls_are_bounded_and_the_server_speaks_https_with_a_certifi
     rt.port_forward(forward).await.unwrap();
     c.stop_and_remove(&pod).await;
     c.assert_no_leaks().await;
+}
+
+/// Something the command left running keeps its output open; the session still ends soon after the command.
+#[tokio::test]
+async fn a_background_process_holding_the_output_does_not_keep_the_session_open() {
+    let f = Fixture::start(&[("busybox", busybox_image().cmd(&["sh"]).build())]).await;
+    let pod = f.pod(f.c.pod_config("background")).await;
+    let id = f
+        .spawn(&pod, f.config("busybox", "sleeper", &["sleep", "1000"]))
+        .await;
+    for tty in [false, true] {
+        let url =
+            f.c.runtime()
+                .exec(exec_req(
+                    &id,
+                    &["sh", "-c", "sleep 37 & echo hi; exit 4"],
+                    tty,
+                    [false, true, !tty],
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .url;
+        let t0 = Instant::now();
+        let session = crius_e2e::ws_client::connect(&url, &[crius_e2e::ws_client::V5])
+            .await
+            .unwrap();
+        let out = session.collect(Duration::from_secs(20)).await.unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "tty {tty}: {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(
+            out.text(crius_e2e::ws_client::STDOUT).trim(),
+            "hi",
+            "tty {tty}: {out}"
+        );
+        assert_eq!(out.exit_code().unwrap(), 4, "tty {tty}: {out}");
+    }
+    f.stop_and_remove(&id).await;
+    f.c.stop_and_remove(&pod.id).await;
+    f.c.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed_and_its_exec_ends_but_not_the_container() {
+    let f = Fixture::start_with(
+        Options::new().set("streaming.idle_timeout", "\"2s\""),
+        &[("busybox", busybox_image().cmd(&["sh"]).build())],
+    )
+    .await;
+    let pod = f.pod(f.c.pod_config("idle")).await;
+    let id = f
+        .spawn(&pod, f.config("busybox", "sleeper", &["sleep", "1000"]))
+        .await;
+    let url =
+        f.c.runtime()
+            .exec(exec_req(&id, &["sleep", "731"], false, [false, true, true]))
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+    let t0 = Instant::now();
+    let session = crius_e2e::ws_client::connect(&url, &[crius_e2e::ws_client::V5])
+        .await
+        .unwrap();
+    // Nothing flows either way: the server ends the session on its own.
+    let out = session.collect(Duration::from_secs(15)).await.unwrap();
+    let took = t0.elapsed();
+    assert!(out.ended, "{out}");
+    assert!(took >= Duration::from_secs(2), "closed after {took:?}");
+    let gone = crius_e2e::wait_until(Duration::from_secs(10), async || {
+        !f.exec_ok(&id, &["ps"]).await.contains("sleep 731")
+    })
+    .await;
+    assert!(gone, "the idle session's sleep 731 is still running");
+    assert_eq!(
+        f.status(&id).await.state(),
+        ContainerState::ContainerRunning
+    );
+    f.stop_and_remove(&id).await;
+    f.c.stop_and_remove(&pod.id).await;
+    f.c.assert_no_leaks().await;
 }

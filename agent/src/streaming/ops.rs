@@ -84,27 +84,54 @@ async fn drive_exec(proc: &mut ExecProcess, s: &mut Streams) -> Outcome {
         })),
         _ => None,
     };
+    let (stdout, stderr) = (proc.stdout.take(), proc.stderr.take());
     let out = async {
-        match (proc.stdout.take(), s.stdout.as_mut()) {
+        match (stdout, s.stdout.as_mut()) {
             (Some(r), Some(w)) => pump(r, w).await,
             _ => true,
         }
     };
     let err = async {
-        match (proc.stderr.take(), s.stderr.as_mut()) {
+        match (stderr, s.stderr.as_mut()) {
             (Some(r), Some(w)) => pump(r, w).await,
             _ => true,
         }
     };
-    let (out_ok, err_ok) = tokio::join!(out, err);
-    if !(out_ok && err_ok) {
-        // The client cannot take the output any more: the command is ended.
-        proc.stop();
-    }
-    let code = proc.wait().await;
+    let outcome = settle(proc, async {
+        let (out_ok, err_ok) = tokio::join!(out, err);
+        out_ok && err_ok
+    })
+    .await;
     if let Some(t) = stdin_task {
         t.abort();
     }
+    outcome
+}
+
+/// How long output is still copied once the command has exited, when something it started keeps the output
+/// open (`sleep 100 &`): then the session ends without waiting for that.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits for `output` (the copying; false when the client could not take it) and for the command. The client
+/// failing ends the command; the command ending leaves [`DRAIN`] for the rest of its output.
+async fn settle(
+    proc: &mut ExecProcess,
+    output: impl std::future::Future<Output = bool>,
+) -> Outcome {
+    tokio::pin!(output);
+    let code = tokio::select! {
+        ok = &mut output => {
+            if !ok {
+                // The client cannot take the output any more: the command is ended.
+                proc.stop();
+            }
+            proc.wait().await
+        }
+        code = proc.wait() => {
+            let _ = tokio::time::timeout(DRAIN, &mut output).await;
+            code
+        }
+    };
     match code {
         Ok(code) => Outcome::Exited(code),
         Err(e) => Outcome::Failed(chain(&e)),
@@ -157,17 +184,13 @@ async fn drive_tty(
             }
         }
     };
-    let out_ok = tokio::select! {
-        ok = out => ok,
-        () = feed => true,
-    };
-    if !out_ok {
-        proc.stop();
-    }
-    match proc.wait().await {
-        Ok(code) => Outcome::Exited(code),
-        Err(e) => Outcome::Failed(chain(&e)),
-    }
+    settle(proc, async {
+        tokio::select! {
+            ok = out => ok,
+            () = feed => true,
+        }
+    })
+    .await
 }
 
 /// Reads from the stream if there is one (else never resolves).
