@@ -50,5 +50,6 @@ pub mod containers;
 pub mod images;
 pub mod registry;
 pub mod spdy_client;
+pub mod streaming;
 pub mod vm;
 pub mod ws_client;

@@ -1,18 +1,21 @@
 //! End-to-end streaming over SPDY/3.1 with an independent client: Exec, Attach and PortForward URLs from the
 //! CRI, used by `e2e/independent/spdy/client.go` (Go's docker/spdystream, what kubelet, kubectl and crictl
-//! use underneath; see crius_e2e::spdy_client). Every test ends with the harness leak checks, no
+//! use underneath; see crius_e2e::spdy_client). The image, pods, URLs and after-session checks are
+//! crius_e2e::streaming, shared with streaming_ws.rs. Every test ends with the harness leak checks, no
 //! `crius-monitor exec` helper left, and crius' fd count back where it was before the sessions.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
-use crius_e2e::containers::{EXTRA_APPLETS, Fixture, Pod, strings, wait_log};
-use crius_e2e::images::{Compression, DEFAULT_APPLETS, Image, ImageBuilder, LayerBuilder};
+use crius_e2e::containers::{Fixture, Pod, wait_log};
 use crius_e2e::spdy_client::{Forwarded, PortForward, RemoteCommand, Session};
-use crius_e2e::{Crius, procfs, v1, wait_until};
-use serde_json::{Value, json};
+use crius_e2e::streaming::{
+    BULK_SIZE, Baseline, GET, HTTP_PORT, HTTPD, IMAGE, assert_exit_status, assert_http_ok,
+    attach_url, bulk_output, bulk_script, exec_req, exec_url, fixture, pod_with, port_forward_url,
+    teardown, wait_listening,
+};
+use crius_e2e::{procfs, v1, wait_until};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const V4: &str = "v4.channel.k8s.io";
@@ -20,123 +23,16 @@ const V3: &str = "v3.channel.k8s.io";
 const V5: &str = "v5.channel.k8s.io";
 const V2: &str = "v2.channel.k8s.io";
 const V1: &str = "channel.k8s.io";
-const HTTP_PORT: u16 = 8080;
 /// A port nothing in the pod listens on.
 const DEAD_PORT: u16 = 8081;
-
-/// The file busybox httpd serves: numbered lines, so a lost or moved byte shows.
-fn index_html() -> Vec<u8> {
-    (0..3000)
-        .map(|i| format!("spdy line {i:05}\n"))
-        .collect::<String>()
-        .into_bytes()
-}
-
-/// busybox with the shared applets plus httpd, stty and yes; `/www/index.html`.
-fn image() -> Image {
-    let applets: Vec<&str> = DEFAULT_APPLETS
-        .iter()
-        .chain(EXTRA_APPLETS)
-        .chain(&["httpd", "stty", "yes"])
-        .copied()
-        .collect();
-    ImageBuilder::new()
-        .config("Env", json!(["PATH=/bin"]))
-        .layer(
-            LayerBuilder::busybox_with(&applets)
-                .dir("www")
-                .file("www/index.html", index_html())
-                .build(Compression::Gzip),
-        )
-        .build()
-}
 
 /// A crius with the image pulled, a pod, and a running container `main` running `command`.
 async fn start(name: &str, command: &[&str]) -> (Fixture, Pod, String) {
     // Built before crius starts: a missing Go toolchain fails the test at once, with what to install.
     crius_e2e::spdy_client::binary();
-    let f = Fixture::start(&[("busybox", image())]).await;
-    let pod = f.pod(f.c.pod_config(name)).await;
-    let id = f.spawn(&pod, f.config("busybox", "main", command)).await;
+    let f = fixture().await;
+    let (pod, id) = pod_with(&f, name, command).await;
     (f, pod, id)
-}
-
-async fn teardown(f: &Fixture, pod: &Pod, id: &str) {
-    f.stop_and_remove(id).await;
-    f.c.stop_and_remove(&pod.id).await;
-}
-
-/// The URL of an Exec RPC (stdout, and stderr unless tty).
-async fn exec_url(c: &Crius, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> String {
-    let req = v1::ExecRequest {
-        container_id: id.into(),
-        cmd: strings(cmd),
-        tty,
-        stdin,
-        stdout: true,
-        stderr: !tty,
-    };
-    let url = c
-        .runtime()
-        .exec(req.clone())
-        .await
-        .unwrap_or_else(|e| panic!("Exec {req:?}: {e}"))
-        .into_inner()
-        .url;
-    assert_url(&url, "exec");
-    url
-}
-
-async fn attach_url(c: &Crius, id: &str) -> String {
-    let url = c
-        .runtime()
-        .attach(v1::AttachRequest {
-            container_id: id.into(),
-            stdin: true,
-            tty: false,
-            stdout: true,
-            stderr: true,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("Attach {id}: {e}"))
-        .into_inner()
-        .url;
-    assert_url(&url, "attach");
-    url
-}
-
-async fn port_forward_url(c: &Crius, pod: &Pod, ports: &[u16]) -> String {
-    let url = c
-        .runtime()
-        .port_forward(v1::PortForwardRequest {
-            pod_sandbox_id: pod.id.clone(),
-            port: ports.iter().map(|&p| i32::from(p)).collect(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PortForward {ports:?}: {e}"))
-        .into_inner()
-        .url;
-    assert_url(&url, "portforward");
-    url
-}
-
-/// `http://127.0.0.1:<port>/<kind>/<token>`.
-fn assert_url(url: &str, kind: &str) {
-    let rest = url
-        .strip_prefix("http://127.0.0.1:")
-        .unwrap_or_else(|| panic!("{kind} URL {url:?} is not http://127.0.0.1:<port>/..."));
-    let (port, path) = rest
-        .split_once('/')
-        .unwrap_or_else(|| panic!("no path in {url:?}"));
-    assert!(port.parse::<u16>().is_ok(), "bad port in {url:?}");
-    let token = path
-        .strip_prefix(kind)
-        .and_then(|t| t.strip_prefix('/'))
-        .unwrap_or_else(|| panic!("{url:?} is not .../{kind}/<token>"));
-    assert!(
-        !token.is_empty() && !token.contains('/'),
-        "bad token in {url:?}"
-    );
 }
 
 /// Runs a session with the Go client (on a blocking thread: the client is a process we wait for).
@@ -174,111 +70,8 @@ fn assert_v4_exit(s: &Session, code: i32) {
         .status
         .as_ref()
         .unwrap_or_else(|| panic!("no JSON Status on the error stream: {}", s.summary()));
-    if code == 0 {
-        assert_eq!(
-            st,
-            &json!({"metadata": {}, "status": "Success"}),
-            "{}",
-            s.summary()
-        );
-    } else {
-        assert_eq!(st["status"], "Failure", "{}", s.summary());
-        assert_eq!(st["reason"], "NonZeroExitCode", "{}", s.summary());
-        assert_eq!(
-            st["details"]["causes"],
-            json!([{"reason": "ExitCode", "message": code.to_string()}]),
-            "{}",
-            s.summary()
-        );
-    }
+    assert_exit_status(st, code, &s.summary());
     assert_eq!(s.exit_code, Some(code), "{}", s.summary());
-}
-
-/// crius' open fds (fd → target), taken before the sessions.
-struct Baseline {
-    pid: i32,
-    fds: BTreeMap<String, String>,
-}
-
-fn open_fds(pid: i32) -> BTreeMap<String, String> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return BTreeMap::new();
-    };
-    dir.filter_map(Result::ok)
-        .map(|e| {
-            let target = std::fs::read_link(e.path())
-                .map(|t| t.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            (e.file_name().to_string_lossy().into_owned(), target)
-        })
-        .collect()
-}
-
-/// Processes whose command line starts with this instance's `crius-monitor exec` (a child of crius or
-/// naming its directories).
-fn exec_helpers(c: &Crius) -> Vec<String> {
-    let crius = c.pid();
-    let monitor = c.monitor_bin();
-    let dir = c.paths().dir.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for pid in procfs::all_pids() {
-        let Some(st) = procfs::stat(pid) else {
-            continue;
-        };
-        if st.state == 'Z' && Some(st.ppid) == crius {
-            found.push(format!("zombie child {pid} ({}) of crius", st.comm));
-            continue;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.len() > 1
-            && Path::new(&args[0]) == monitor
-            && args[1] == "exec"
-            && (Some(st.ppid) == crius || args.iter().any(|a| a.contains(&dir)))
-        {
-            found.push(format!("exec helper {pid}: {}", args.join(" ")));
-        }
-    }
-    found
-}
-
-impl Baseline {
-    /// Taken once the container runs and an ExecSync went through (the pod monitor's connection is up).
-    async fn take(f: &Fixture, id: &str) -> Baseline {
-        f.exec_ok(id, &["true"]).await;
-        let pid = f.c.pid().expect("crius is not running");
-        Baseline {
-            pid,
-            fds: open_fds(pid),
-        }
-    }
-
-    /// Within 10 s of the sessions' end: no exec helper left, crius' fd count back to the baseline. Then
-    /// (after the test removed its pod) the harness' leak check.
-    async fn assert_clean(&self, c: &Crius) {
-        let settled = wait_until(Duration::from_secs(10), async || {
-            exec_helpers(c).is_empty() && open_fds(self.pid).len() <= self.fds.len()
-        })
-        .await;
-        if !settled {
-            let now = open_fds(self.pid);
-            let new: Vec<String> = now
-                .iter()
-                .filter(|(fd, target)| self.fds.get(*fd) != Some(*target))
-                .map(|(fd, target)| format!("{fd} -> {target}"))
-                .collect();
-            panic!(
-                "after the sessions: exec helpers {:?}; crius has {} fds, {} before; new ones: {new:?}",
-                exec_helpers(c),
-                now.len(),
-                self.fds.len()
-            );
-        }
-        c.assert_no_leaks().await;
-    }
 }
 
 /// The lines of `ps` in the container whose command is exactly `command`.
@@ -294,18 +87,22 @@ async fn ps_lines(f: &Fixture, id: &str, command: &str) -> Vec<String> {
 #[tokio::test]
 async fn exec_separates_stdout_and_stderr_and_reports_the_exit_code() {
     let (f, pod, id) = start("spdy-exec", &["sleep", "100000"]).await;
-    let base = Baseline::take(&f, &id).await;
+    let base = Baseline::after_exec_sync(&f, &id).await;
 
     // kubelet's offer (v4, v3, v2, v1): the server picks v4.
     let cmd = ["sh", "-c", "echo out; echo err >&2; exit 3"];
-    let url = exec_url(&f.c, &id, &cmd, false, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &cmd, false, false)).await;
     let s = run(RemoteCommand::exec(&url)).await;
     assert_completed(&s, V4);
     assert_eq!(s.stdout_str(), "out\n", "{}", s.summary());
     assert_eq!(s.stderr_str(), "err\n", "{}", s.summary());
     assert_v4_exit(&s, 3);
 
-    let url = exec_url(&f.c, &id, &["sh", "-c", "echo fine"], false, false).await;
+    let url = exec_url(
+        &f.c,
+        exec_req(&id, &["sh", "-c", "echo fine"], false, false),
+    )
+    .await;
     let s = run(RemoteCommand::exec(&url)).await;
     assert_completed(&s, V4);
     assert_eq!(
@@ -315,27 +112,31 @@ async fn exec_separates_stdout_and_stderr_and_reports_the_exit_code() {
     assert_v4_exit(&s, 0);
 
     // The exec runs as the container's user with its environment.
-    let url = exec_url(&f.c, &id, &["sh", "-c", "id -u; echo $PATH"], false, false).await;
+    let url = exec_url(
+        &f.c,
+        exec_req(&id, &["sh", "-c", "id -u; echo $PATH"], false, false),
+    )
+    .await;
     let s = run(RemoteCommand::exec(&url)).await;
     assert_completed(&s, V4);
     assert_eq!(s.stdout_str(), "0\n/bin\n", "{}", s.summary());
     assert_v4_exit(&s, 0);
 
-    teardown(&f, &pod, &id).await;
+    teardown(&f, &pod, &[&id]).await;
     base.assert_clean(&f.c).await;
 }
 
 #[tokio::test]
 async fn exec_stdin_comes_back_and_its_half_close_ends_cat() {
     let (f, pod, id) = start("spdy-stdin", &["sleep", "100000"]).await;
-    let base = Baseline::take(&f, &id).await;
+    let base = Baseline::after_exec_sync(&f, &id).await;
 
     // More than one frame's worth, and more than a pipe holds, so flow control is exercised too.
     let input: Vec<u8> = (0..20000)
         .map(|i| format!("stdin line {i}\n"))
         .collect::<String>()
         .into_bytes();
-    let url = exec_url(&f.c, &id, &["cat"], false, true).await;
+    let url = exec_url(&f.c, exec_req(&id, &["cat"], false, true)).await;
     let s = run(RemoteCommand::exec(&url).stdin(&input)).await;
     assert_completed(&s, V4);
     assert_eq!(s.stdout.len(), input.len(), "{}", s.summary());
@@ -344,28 +145,28 @@ async fn exec_stdin_comes_back_and_its_half_close_ends_cat() {
     assert_v4_exit(&s, 0);
 
     // An empty stdin, closed at once: cat sees EOF straight away.
-    let url = exec_url(&f.c, &id, &["cat"], false, true).await;
+    let url = exec_url(&f.c, exec_req(&id, &["cat"], false, true)).await;
     let s = run(RemoteCommand::exec(&url).stdin(b"")).await;
     assert_completed(&s, V4);
     assert_eq!(s.stdout_str(), "", "{}", s.summary());
     assert_v4_exit(&s, 0);
 
-    teardown(&f, &pod, &id).await;
+    teardown(&f, &pod, &[&id]).await;
     base.assert_clean(&f.c).await;
 }
 
 #[tokio::test]
 async fn exec_large_output_arrives_intact_and_in_order() {
-    const SIZE: usize = 10 * 1024 * 1024;
     let (f, pod, id) = start("spdy-large", &["sleep", "100000"]).await;
-    let base = Baseline::take(&f, &id).await;
+    let base = Baseline::after_exec_sync(&f, &id).await;
 
-    let cmd = ["sh", "-c", "yes abcdefghij | head -c 10485760"];
-    let url = exec_url(&f.c, &id, &cmd, false, false).await;
+    let script = bulk_script();
+    let cmd = ["sh", "-c", &script];
+    let url = exec_url(&f.c, exec_req(&id, &cmd, false, false)).await;
     let s = run(RemoteCommand::exec(&url).timeout(Duration::from_secs(120))).await;
-    let want: Vec<u8> = b"abcdefghij\n".iter().copied().cycle().take(SIZE).collect();
+    let want = bulk_output();
     assert_completed(&s, V4);
-    assert_eq!(s.stdout.len(), SIZE, "{}", s.summary());
+    assert_eq!(s.stdout.len(), BULK_SIZE, "{}", s.summary());
     assert_eq!(
         format!("{:x}", Sha256::digest(&s.stdout)),
         format!("{:x}", Sha256::digest(&want)),
@@ -374,18 +175,18 @@ async fn exec_large_output_arrives_intact_and_in_order() {
     assert_eq!(s.stderr_str(), "");
     assert_v4_exit(&s, 0);
 
-    teardown(&f, &pod, &id).await;
+    teardown(&f, &pod, &[&id]).await;
     base.assert_clean(&f.c).await;
 }
 
 #[tokio::test]
 async fn exec_with_a_tty_gets_a_pty_that_follows_resize() {
     let (f, pod, id) = start("spdy-tty", &["sleep", "100000"]).await;
-    let base = Baseline::take(&f, &id).await;
+    let base = Baseline::after_exec_sync(&f, &id).await;
 
     // The size is sent as soon as the streams are open; the command reads it half a second later.
     let cmd = ["sh", "-c", "tty; sleep 0.5; stty size"];
-    let url = exec_url(&f.c, &id, &cmd, true, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &cmd, true, false)).await;
     let s = run(RemoteCommand::exec(&url).tty().resize(100, 40)).await;
     assert_completed(&s, V4);
     let out = s.stdout_str().replace("\r\n", "\n");
@@ -402,13 +203,13 @@ async fn exec_with_a_tty_gets_a_pty_that_follows_resize() {
     assert_v4_exit(&s, 0);
 
     // The exit code comes through a tty session too.
-    let url = exec_url(&f.c, &id, &["sh", "-c", "exit 7"], true, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &["sh", "-c", "exit 7"], true, false)).await;
     let s = run(RemoteCommand::exec(&url).tty()).await;
     assert_completed(&s, V4);
     assert_v4_exit(&s, 7);
 
     // `kubectl exec -it <ctr> -- sh`: typed input reaches the shell through the pty; it exits by itself.
-    let url = exec_url(&f.c, &id, &["sh"], true, true).await;
+    let url = exec_url(&f.c, exec_req(&id, &["sh"], true, true)).await;
     let s = run(RemoteCommand::exec(&url)
         .tty()
         .resize(80, 24)
@@ -419,18 +220,18 @@ async fn exec_with_a_tty_gets_a_pty_that_follows_resize() {
     assert!(s.stdout_str().contains("hi-42"), "{}", s.summary());
     assert_v4_exit(&s, 5);
 
-    teardown(&f, &pod, &id).await;
+    teardown(&f, &pod, &[&id]).await;
     base.assert_clean(&f.c).await;
 }
 
 #[tokio::test]
 async fn protocol_negotiation_follows_the_offer() {
     let (f, pod, id) = start("spdy-proto", &["sleep", "100000"]).await;
-    let base = Baseline::take(&f, &id).await;
+    let base = Baseline::after_exec_sync(&f, &id).await;
     let fail = ["sh", "-c", "echo out; exit 3"];
 
     // v3 only: the 101 names it; a failure is a text message, success leaves the error stream empty.
-    let url = exec_url(&f.c, &id, &fail, false, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &fail, false, false)).await;
     let s = run(RemoteCommand::exec(&url).protocols(&[V3])).await;
     assert_completed(&s, V3);
     assert_eq!(s.stdout_str(), "out\n", "{}", s.summary());
@@ -440,57 +241,57 @@ async fn protocol_negotiation_follows_the_offer() {
         "v3 got a JSON object on the error stream, only v4 has a Status: {}",
         s.summary()
     );
-    let url = exec_url(&f.c, &id, &["true"], false, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &["true"], false, false)).await;
     let s = run(RemoteCommand::exec(&url).protocols(&[V3])).await;
     assert_completed(&s, V3);
     assert_eq!(s.error_stream, "", "v3 success: {}", s.summary());
 
     // v5 (over SPDY the same as v4) only.
-    let url = exec_url(&f.c, &id, &fail, false, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &fail, false, false)).await;
     let s = run(RemoteCommand::exec(&url).protocols(&[V5])).await;
     assert_completed(&s, V5);
     assert_v4_exit(&s, 3);
 
     // Kubernetes' negotiation takes the first protocol of the client's list that the server supports.
-    let url = exec_url(&f.c, &id, &["true"], false, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &["true"], false, false)).await;
     let s = run(RemoteCommand::exec(&url).protocols(&[V3, V4])).await;
     assert_completed(&s, V3);
 
     // The older protocols run a command too; v2 reports a failure as text like v3.
-    let url = exec_url(&f.c, &id, &fail, false, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &fail, false, false)).await;
     let s = run(RemoteCommand::exec(&url).protocols(&[V2])).await;
     assert_completed(&s, V2);
     assert_eq!(s.stdout_str(), "out\n", "{}", s.summary());
     assert!(!s.error_stream.is_empty(), "v2: no failure message");
-    let url = exec_url(&f.c, &id, &["echo", "v1"], false, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &["echo", "v1"], false, false)).await;
     let s = run(RemoteCommand::exec(&url).protocols(&[V1])).await;
     assert_completed(&s, V1);
     assert_eq!(s.stdout_str(), "v1\n", "{}", s.summary());
     assert_eq!(s.error_stream, "", "v1 success: {}", s.summary());
 
     // The upgrade may come as a GET as well as a POST.
-    let url = exec_url(&f.c, &id, &["echo", "get"], false, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &["echo", "get"], false, false)).await;
     let s = run(RemoteCommand::exec(&url).method("GET")).await;
     assert_completed(&s, V4);
     assert_eq!(s.stdout_str(), "get\n", "{}", s.summary());
     assert_v4_exit(&s, 0);
 
     // Nothing in common: 403, no upgrade.
-    let url = exec_url(&f.c, &id, &["true"], false, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &["true"], false, false)).await;
     let s = run(RemoteCommand::exec(&url).protocols(&["v99.channel.k8s.io"])).await;
     assert_eq!(s.http_status, 403, "{}", s.summary());
     assert_eq!(s.error, None, "{}", s.summary());
 
-    teardown(&f, &pod, &id).await;
+    teardown(&f, &pod, &[&id]).await;
     base.assert_clean(&f.c).await;
 }
 
 #[tokio::test]
 async fn tokens_are_single_use_and_unknown_ones_are_404() {
     let (f, pod, id) = start("spdy-tokens", &["sleep", "100000"]).await;
-    let base = Baseline::take(&f, &id).await;
+    let base = Baseline::after_exec_sync(&f, &id).await;
 
-    let url = exec_url(&f.c, &id, &["echo", "once"], false, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &["echo", "once"], false, false)).await;
     let s = run(RemoteCommand::exec(&url)).await;
     assert_completed(&s, V4);
     assert_eq!(s.stdout_str(), "once\n");
@@ -502,17 +303,17 @@ async fn tokens_are_single_use_and_unknown_ones_are_404() {
     let s = run(RemoteCommand::exec(&unknown)).await;
     assert_eq!(s.http_status, 404, "unknown token: {}", s.summary());
 
-    teardown(&f, &pod, &id).await;
+    teardown(&f, &pod, &[&id]).await;
     base.assert_clean(&f.c).await;
 }
 
 #[tokio::test]
 async fn attach_sends_stdin_and_shows_only_live_output() {
     crius_e2e::spdy_client::binary();
-    let f = Fixture::start(&[("busybox", image())]).await;
+    let f = fixture().await;
     let pod = f.pod(f.c.pod_config("spdy-attach")).await;
     let script = "echo before; while read l; do echo got:$l; done";
-    let mut config = f.config("busybox", "main", &["sh", "-c", script]);
+    let mut config = f.config(IMAGE, "main", &["sh", "-c", script]);
     config.stdin = true;
     config.stdin_once = false;
     let id = f.spawn(&pod, config).await;
@@ -520,10 +321,10 @@ async fn attach_sends_stdin_and_shows_only_live_output() {
         r.iter().any(|r| r.content == "before")
     })
     .await;
-    let base = Baseline::take(&f, &id).await;
+    let base = Baseline::after_exec_sync(&f, &id).await;
 
     // An interactive user: stdin stays open; the client leaves once it has seen the answers.
-    let url = attach_url(&f.c, &id).await;
+    let url = attach_url(&f.c, &id, true).await;
     let s = run(RemoteCommand::attach(&url)
         .stdin(b"a\nb\n")
         .stdin_hold()
@@ -539,7 +340,7 @@ async fn attach_sends_stdin_and_shows_only_live_output() {
     assert_eq!(s.stdout_str(), "got:a\ngot:b\n", "{}", s.summary());
 
     // A second session sees only what comes after it attached; the container's stdin survived the first.
-    let url = attach_url(&f.c, &id).await;
+    let url = attach_url(&f.c, &id, true).await;
     let s = run(RemoteCommand::attach(&url)
         .stdin(b"c\n")
         .stdin_hold()
@@ -553,76 +354,30 @@ async fn attach_sends_stdin_and_shows_only_live_output() {
         "the container did not survive its attach sessions"
     );
 
-    teardown(&f, &pod, &id).await;
+    teardown(&f, &pod, &[&id]).await;
     base.assert_clean(&f.c).await;
 }
 
-/// Waits until a socket on `port` is in LISTEN (0A) in the pod's network namespace (IPv4 or, bound to ::,
-/// IPv6), as the container's /proc/net shows it.
-async fn wait_listening(f: &Fixture, id: &str, port: u16) {
-    let suffix = format!(":{port:04X}");
-    let listening = wait_until(Duration::from_secs(10), async || {
-        f.exec_ok(id, &["cat", "/proc/net/tcp", "/proc/net/tcp6"])
-            .await
-            .lines()
-            .any(|l| {
-                let cols: Vec<&str> = l.split_whitespace().collect();
-                cols.len() > 3 && cols[1].ends_with(&suffix) && cols[3] == "0A"
-            })
-    })
-    .await;
-    assert!(listening, "nothing ever listened on port {port} in the pod");
-}
-
-/// Splits an HTTP response into status line and body.
-fn http_parts(data: &[u8]) -> (String, Vec<u8>) {
-    let at = data
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| {
-            panic!(
-                "no end of headers in {:?}",
-                String::from_utf8_lossy(&data[..data.len().min(300)])
-            )
-        });
-    let head = String::from_utf8_lossy(&data[..at]);
-    let status = head.lines().next().unwrap_or_default().to_string();
-    (status, data[at + 4..].to_vec())
-}
-
+/// Pair `pair` of `fwd` carried the served file, with nothing on its error stream.
 fn assert_served(fwd: &Forwarded, pair: usize) {
     let p = &fwd.pairs[pair];
     assert_eq!(p.error, None, "{}", fwd.summary());
     assert_eq!(p.error_stream, "", "{}", fwd.summary());
-    let (status, body) = http_parts(&p.data);
-    // busybox httpd answers HTTP/1.1 whatever the request's version.
-    assert!(
-        status.starts_with("HTTP/1.") && status.split_whitespace().nth(1) == Some("200"),
-        "{}",
-        fwd.summary()
-    );
-    assert!(
-        body == index_html(),
-        "pair {pair}: the body ({} bytes) is not index.html ({} bytes)",
-        body.len(),
-        index_html().len()
-    );
+    assert_http_ok(&p.data, &format!("pair {pair} of {}", fwd.summary()));
 }
 
 #[tokio::test]
 async fn port_forward_reaches_the_pod_and_reports_a_dead_port_on_its_pair() {
-    let httpd = ["httpd", "-f", "-p", "8080", "-h", "/www"];
-    let (f, pod, id) = start("spdy-pf", &httpd).await;
+    let (f, pod, id) = start("spdy-pf", HTTPD).await;
     wait_listening(&f, &id, HTTP_PORT).await;
-    let base = Baseline::take(&f, &id).await;
-    let request = b"GET /index.html HTTP/1.0\r\n\r\n";
+    let base = Baseline::after_exec_sync(&f, &id).await;
 
     // Two pairs to 8080 at once.
     let url = port_forward_url(&f.c, &pod, &[HTTP_PORT, DEAD_PORT]).await;
     let fwd = forward(
         PortForward::new(&url, &[HTTP_PORT])
             .connections(2)
-            .send(request),
+            .send(GET),
     )
     .await;
     assert_eq!(
@@ -638,7 +393,7 @@ async fn port_forward_reaches_the_pod_and_reports_a_dead_port_on_its_pair() {
 
     // A pair to a port nothing listens on fails on its own error stream; the other pair still works.
     let url = port_forward_url(&f.c, &pod, &[HTTP_PORT, DEAD_PORT]).await;
-    let fwd = forward(PortForward::new(&url, &[DEAD_PORT, HTTP_PORT]).send(request)).await;
+    let fwd = forward(PortForward::new(&url, &[DEAD_PORT, HTTP_PORT]).send(GET)).await;
     assert_eq!(fwd.http_status, 101, "{}", fwd.summary());
     assert_eq!(fwd.error, None, "{}", fwd.summary());
     let dead = &fwd.pairs[0];
@@ -652,7 +407,7 @@ async fn port_forward_reaches_the_pod_and_reports_a_dead_port_on_its_pair() {
     assert_eq!(dead.data, b"", "{}", fwd.summary());
     assert_served(&fwd, 1);
 
-    teardown(&f, &pod, &id).await;
+    teardown(&f, &pod, &[&id]).await;
     base.assert_clean(&f.c).await;
 }
 
@@ -663,7 +418,7 @@ async fn port_forward_carries_a_mebibyte_each_way_on_concurrent_pairs() {
     let echo = ["nc", "-ll", "-p", "9000", "-e", "cat"];
     let (f, pod, id) = start("spdy-pf-echo", &echo).await;
     wait_listening(&f, &id, ECHO_PORT).await;
-    let base = Baseline::take(&f, &id).await;
+    let base = Baseline::after_exec_sync(&f, &id).await;
 
     let payload: Vec<u8> = (0..80_000)
         .map(|i| format!("{i:012}\n"))
@@ -695,18 +450,18 @@ async fn port_forward_carries_a_mebibyte_each_way_on_concurrent_pairs() {
         );
     }
 
-    teardown(&f, &pod, &id).await;
+    teardown(&f, &pod, &[&id]).await;
     base.assert_clean(&f.c).await;
 }
 
 #[tokio::test]
 async fn twenty_concurrent_exec_sessions() {
     let (f, pod, id) = start("spdy-many", &["sleep", "100000"]).await;
-    let base = Baseline::take(&f, &id).await;
+    let base = Baseline::after_exec_sync(&f, &id).await;
 
     let mut urls = Vec::new();
     for i in 0..20 {
-        urls.push(exec_url(&f.c, &id, &["echo", &i.to_string()], false, false).await);
+        urls.push(exec_url(&f.c, exec_req(&id, &["echo", &i.to_string()], false, false)).await);
     }
     let sessions: Vec<_> = urls
         .iter()
@@ -732,7 +487,7 @@ async fn twenty_concurrent_exec_sessions() {
         assert_v4_exit(&s, 0);
     }
 
-    teardown(&f, &pod, &id).await;
+    teardown(&f, &pod, &[&id]).await;
     base.assert_clean(&f.c).await;
 }
 
@@ -740,9 +495,9 @@ async fn twenty_concurrent_exec_sessions() {
 async fn killing_the_client_ends_the_exec_but_not_the_container() {
     let (f, pod, id) = start("spdy-kill", &["sleep", "100000"]).await;
     let main = f.pid(&id).await;
-    let base = Baseline::take(&f, &id).await;
+    let base = Baseline::after_exec_sync(&f, &id).await;
 
-    let url = exec_url(&f.c, &id, &["sleep", "1000"], false, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &["sleep", "1000"], false, false)).await;
     let (mut client, _stdin) = RemoteCommand::exec(&url)
         .timeout(Duration::from_secs(300))
         .spawn()
@@ -779,7 +534,7 @@ async fn killing_the_client_ends_the_exec_but_not_the_container() {
 
     // The same when the client closes the connection itself mid-session.
     let cmd = ["sh", "-c", "echo ready; exec sleep 1001"];
-    let url = exec_url(&f.c, &id, &cmd, false, false).await;
+    let url = exec_url(&f.c, exec_req(&id, &cmd, false, false)).await;
     let s = run(RemoteCommand::exec(&url).expect("ready\n")).await;
     assert_eq!(
         (s.http_status, s.error.as_deref()),
@@ -801,6 +556,6 @@ async fn killing_the_client_ends_the_exec_but_not_the_container() {
         "the container's process {main} died"
     );
 
-    teardown(&f, &pod, &id).await;
+    teardown(&f, &pod, &[&id]).await;
     base.assert_clean(&f.c).await;
 }

@@ -1,15 +1,19 @@
 //! End-to-end streaming over WebSocket: Exec, Attach and PortForward URLs from the CRI, used with our own channel
 //! client (crius_e2e::ws_client, written from Kubernetes' protocols) and with the Kubernetes Python client's
-//! WebSocket code (e2e/independent/k8s_ws_client.py). Every test ends with the harness leak checks, no exec
+//! WebSocket code (e2e/independent/k8s_ws_client.py). The image, pods, URLs and after-session checks are
+//! crius_e2e::streaming, shared with streaming_spdy.rs. Every test ends with the harness leak checks, no exec
 //! helper left, and crius' fd count back where it was before the sessions.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crius_e2e::containers::{EXTRA_APPLETS, Fixture, Pod, STATE_TIMEOUT, strings, wait_log};
-use crius_e2e::images::{Compression, DEFAULT_APPLETS, Image, ImageBuilder, LayerBuilder};
+use crius_e2e::containers::{STATE_TIMEOUT, wait_log};
+use crius_e2e::streaming::{
+    BULK_SIZE, Baseline, GET, HTTP_PORT, IMAGE, assert_exit_status, assert_http_ok, attach_url,
+    bulk_output, bulk_script, exec_helpers, exec_req, exec_url, fixture, http_pod, pod_with,
+    port_forward_url, split_response, teardown, www_body,
+};
 use crius_e2e::ws_client::{
     self, ERROR, Output, SESSION_TIMEOUT, STDERR, STDIN, STDOUT, V1, V4, V4_BASE64, V5,
 };
@@ -17,143 +21,35 @@ use crius_e2e::{Crius, procfs, v1, wait_until};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-/// The file busybox httpd serves in the port-forward tests: 60 KiB that show where a byte went missing.
-fn www_body() -> Vec<u8> {
-    (0..2000)
-        .map(|i| format!("line {i:05} of the forwarded file\n"))
-        .collect::<String>()
-        .into_bytes()
-}
-
-const HTTP_PORT: u16 = 8080;
-
-/// busybox with the shared applets plus httpd (port-forward), stty (tty size) and yes (bulk output), and
-/// `/www/hello.txt`.
-fn stream_image() -> Image {
-    let applets: Vec<&str> = DEFAULT_APPLETS
-        .iter()
-        .chain(EXTRA_APPLETS)
-        .chain(&["httpd", "stty", "yes"])
-        .copied()
-        .collect();
-    ImageBuilder::new()
-        .config("Env", json!(["PATH=/bin"]))
-        .layer(
-            LayerBuilder::busybox_with(&applets)
-                .dir("www")
-                .file("www/hello.txt", www_body())
-                .build(Compression::Gzip),
-        )
-        .build()
-}
-
-async fn fixture() -> Fixture {
-    Fixture::start(&[("stream", stream_image())]).await
-}
-
-/// A pod and a running container `main` in it running `command`.
-async fn pod_with(f: &Fixture, name: &str, command: &[&str]) -> (Pod, String) {
-    let pod = f.pod(f.c.pod_config(name)).await;
-    let id = f.spawn(&pod, f.config("stream", "main", command)).await;
-    (pod, id)
-}
-
-async fn teardown(f: &Fixture, pod: &Pod, containers: &[&str]) {
-    for id in containers {
-        f.stop_and_remove(id).await;
-    }
-    f.c.stop_and_remove(&pod.id).await;
-}
-
-/// An ExecRequest with stdout and stderr, no stdin, no tty.
-fn exec_req(id: &str, cmd: &[&str]) -> v1::ExecRequest {
-    v1::ExecRequest {
-        container_id: id.into(),
-        cmd: strings(cmd),
-        tty: false,
-        stdin: false,
-        stdout: true,
-        stderr: true,
-    }
-}
-
-/// The URL an Exec RPC hands out; checks its shape.
-async fn exec_url(c: &Crius, req: v1::ExecRequest) -> String {
-    let url = c
-        .runtime()
-        .exec(req.clone())
-        .await
-        .unwrap_or_else(|e| panic!("Exec {req:?}: {e}"))
-        .into_inner()
-        .url;
-    assert_url(&url, "exec");
-    url
-}
-
-fn assert_url(url: &str, kind: &str) {
-    let rest = url
-        .strip_prefix("http://127.0.0.1:")
-        .unwrap_or_else(|| panic!("{kind} URL {url:?} is not http://127.0.0.1:<port>/..."));
-    let (port, path) = rest.split_once('/').unwrap();
-    assert!(port.parse::<u16>().is_ok(), "bad port in {url:?}");
-    let token = path
-        .strip_prefix(&format!("{kind}/"))
-        .unwrap_or_else(|| panic!("{url:?} is not .../{kind}/<token>"));
-    assert!(
-        !token.is_empty() && !token.contains('/'),
-        "bad token in {url:?}"
-    );
-}
-
-async fn attach_url(c: &Crius, id: &str, stdin: bool) -> String {
-    let url = c
-        .runtime()
-        .attach(v1::AttachRequest {
-            container_id: id.into(),
-            stdin,
-            tty: false,
-            stdout: true,
-            stderr: true,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("Attach {id}: {e}"))
-        .into_inner()
-        .url;
-    assert_url(&url, "attach");
-    url
-}
-
-async fn port_forward_url(c: &Crius, pod: &Pod, ports: &[u16]) -> String {
-    let url = c
-        .runtime()
-        .port_forward(v1::PortForwardRequest {
-            pod_sandbox_id: pod.id.clone(),
-            port: ports.iter().map(|&p| i32::from(p)).collect(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PortForward {ports:?}: {e}"))
-        .into_inner()
-        .url;
-    assert_url(&url, "portforward");
-    url
-}
-
 /// Exec `cmd` (stdout + stderr) and read the whole session with `protocols`: the chosen protocol and output.
 async fn exec_session(
     c: &Crius,
     req: v1::ExecRequest,
     protocols: &[&str],
 ) -> (Option<String>, Output) {
-    let url = exec_url(c, req.clone()).await;
-    let s = ws_client::connect(&url, protocols)
-        .await
-        .unwrap_or_else(|e| panic!("{:?}: {e:#}", req.cmd));
+    let cmd = req.cmd.clone();
+    let s = open_exec(c, req, protocols).await;
     let protocol = s.protocol().map(str::to_string);
     let out = s
         .collect(SESSION_TIMEOUT)
         .await
-        .unwrap_or_else(|e| panic!("{:?} over {protocol:?}: {e:#}", req.cmd));
+        .unwrap_or_else(|e| panic!("{cmd:?} over {protocol:?}: {e:#}"));
     (protocol, out)
+}
+
+/// Exec `req` and open a session on its URL offering `protocols`.
+async fn open_exec(c: &Crius, req: v1::ExecRequest, protocols: &[&str]) -> ws_client::Session {
+    let url = exec_url(c, req.clone()).await;
+    ws_client::connect(&url, protocols)
+        .await
+        .unwrap_or_else(|e| panic!("{:?}: {e:#}", req.cmd))
+}
+
+/// Open a port-forward session to `port` (port index 0) on `url`, offering `protocol`.
+async fn open_forward(url: &str, protocol: &str, port: u16) -> ws_client::Session {
+    ws_client::port_forward(url, &[protocol], &[port], SESSION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{protocol} to {port}: {e:#}"))
 }
 
 /// The first message of a session is an empty one on `channel` (the lowest output channel asked for).
@@ -170,108 +66,9 @@ fn assert_exit(out: &Output, code: i32) {
     let st = out
         .status()
         .unwrap_or_else(|e| panic!("{e:#}; received: {out}"));
-    if code == 0 {
-        assert_eq!(st, json!({"metadata": {}, "status": "Success"}), "{out}");
-    } else {
-        assert_eq!(st["status"], "Failure", "{st}");
-        assert_eq!(st["reason"], "NonZeroExitCode", "{st}");
-        assert_eq!(
-            st["details"]["causes"][0],
-            json!({"reason": "ExitCode", "message": code.to_string()}),
-            "{st}"
-        );
-    }
+    assert_exit_status(&st, code, out);
     assert_eq!(out.exit_code().unwrap(), code);
     assert!(out.close.is_some(), "no Close frame at the end: {out}");
-}
-
-/// crius' open fds (number → target) and what must be gone after the sessions.
-struct Baseline {
-    pid: i32,
-    fds: BTreeMap<String, String>,
-}
-
-fn open_fds(pid: i32) -> BTreeMap<String, String> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return BTreeMap::new();
-    };
-    dir.filter_map(Result::ok)
-        .map(|e| {
-            let target = std::fs::read_link(e.path())
-                .map(|t| t.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            (e.file_name().to_string_lossy().into_owned(), target)
-        })
-        .collect()
-}
-
-/// crius' exec helpers still there: processes running `crius-monitor exec ...` that are children of this
-/// crius or name its directories, and zombie children of crius (helpers not reaped).
-fn exec_helpers(c: &Crius) -> Vec<String> {
-    let crius = c.pid().unwrap();
-    let monitor = c.monitor_bin();
-    let dir = c.paths().dir.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for pid in procfs::all_pids() {
-        let Some(st) = procfs::stat(pid) else {
-            continue;
-        };
-        if st.ppid == crius && st.state == 'Z' {
-            found.push(format!("zombie child {pid} ({}) of crius", st.comm));
-            continue;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_helper = args.len() > 1
-            && (Path::new(&args[0]) == monitor || procfs::exe(pid).as_deref() == Some(&monitor))
-            && args[1] == "exec";
-        if is_helper && (st.ppid == crius || args.iter().any(|a| a.contains(&dir))) {
-            found.push(format!("exec helper {pid}: {}", args.join(" ")));
-        }
-    }
-    found
-}
-
-impl Baseline {
-    fn take(c: &Crius) -> Baseline {
-        let pid = c.pid().expect("crius is not running");
-        Baseline {
-            pid,
-            fds: open_fds(pid),
-        }
-    }
-
-    /// Within 10 s: no exec helper left and crius' fd count back to the baseline (a session's fds are closed
-    /// a moment after its end). Panics naming the helpers and the new fds.
-    async fn assert_settled(&self, c: &Crius) {
-        let settled = wait_until(Duration::from_secs(10), async || {
-            exec_helpers(c).is_empty() && open_fds(self.pid).len() <= self.fds.len()
-        })
-        .await;
-        if !settled {
-            let now = open_fds(self.pid);
-            let new: Vec<String> = now
-                .iter()
-                .filter(|(fd, target)| self.fds.get(*fd) != Some(*target))
-                .map(|(fd, target)| format!("{fd} -> {target}"))
-                .collect();
-            panic!(
-                "after the sessions: helpers {:?}; crius has {} fds, {} before; new: {new:?}",
-                exec_helpers(c),
-                now.len(),
-                self.fds.len()
-            );
-        }
-    }
-
-    /// [`Baseline::assert_settled`], then the harness' leak check (after the test removed its pods).
-    async fn assert_clean(&self, c: &Crius) {
-        self.assert_settled(c).await;
-        c.assert_no_leaks().await;
-    }
 }
 
 /// Pids of processes whose command line is exactly `args`.
@@ -296,20 +93,20 @@ async fn exec_separates_stdout_and_stderr_and_reports_the_exit_code() {
     let base = Baseline::take(&f.c);
     for proto in [V5, V4] {
         let cmd = ["sh", "-c", "echo out; echo err >&2; exit 3"];
-        let (chosen, out) = exec_session(&f.c, exec_req(&id, &cmd), &[proto]).await;
+        let (chosen, out) = exec_session(&f.c, exec_req(&id, &cmd, false, false), &[proto]).await;
         assert_eq!(chosen.as_deref(), Some(proto));
         assert_up_first(&out, STDOUT);
         assert_eq!(out.text(STDOUT), "out\n", "{proto}: {out}");
         assert_eq!(out.text(STDERR), "err\n", "{proto}: {out}");
         assert_exit(&out, 3);
 
-        let (_, out) = exec_session(&f.c, exec_req(&id, &["true"]), &[proto]).await;
+        let (_, out) = exec_session(&f.c, exec_req(&id, &["true"], false, false), &[proto]).await;
         assert_up_first(&out, STDOUT);
         assert_eq!((out.stdout(), out.stderr()), (&b""[..], &b""[..]));
         assert_exit(&out, 0);
 
         // Without stdout the "up" message goes to stderr.
-        let mut req = exec_req(&id, &["sh", "-c", "echo err >&2"]);
+        let mut req = exec_req(&id, &["sh", "-c", "echo err >&2"], false, false);
         req.stdout = false;
         let (_, out) = exec_session(&f.c, req, &[proto]).await;
         assert_up_first(&out, STDERR);
@@ -323,7 +120,12 @@ async fn exec_separates_stdout_and_stderr_and_reports_the_exit_code() {
         .iter()
         .map(|k| format!("readlink /proc/self/ns/{k}; "))
         .collect();
-    let (_, out) = exec_session(&f.c, exec_req(&id, &["sh", "-c", &script]), &[V5]).await;
+    let (_, out) = exec_session(
+        &f.c,
+        exec_req(&id, &["sh", "-c", &script], false, false),
+        &[V5],
+    )
+    .await;
     assert_exit(&out, 0);
     let main = f.pid(&id).await;
     let want: String = kinds
@@ -346,14 +148,18 @@ async fn protocol_negotiation_and_v1_text_errors() {
     let base = Baseline::take(&f.c);
     // The first of the client's list that the server speaks.
     let cmd = ["sh", "-c", "echo out; exit 3"];
-    let (chosen, out) =
-        exec_session(&f.c, exec_req(&id, &cmd), &["v99.channel.k8s.io", V4, V5]).await;
+    let (chosen, out) = exec_session(
+        &f.c,
+        exec_req(&id, &cmd, false, false),
+        &["v99.channel.k8s.io", V4, V5],
+    )
+    .await;
     assert_eq!(chosen.as_deref(), Some(V4));
     assert_exit(&out, 3);
 
     // channel.k8s.io, and no subprotocol at all: binary channels, errors as plain text.
     for protocols in [&[V1][..], &[][..]] {
-        let (chosen, out) = exec_session(&f.c, exec_req(&id, &cmd), protocols).await;
+        let (chosen, out) = exec_session(&f.c, exec_req(&id, &cmd, false, false), protocols).await;
         assert_eq!(chosen.as_deref(), protocols.first().copied());
         assert_up_first(&out, STDOUT);
         assert_eq!(out.text(STDOUT), "out\n", "{protocols:?}: {out}");
@@ -362,7 +168,7 @@ async fn protocol_negotiation_and_v1_text_errors() {
             !err.is_empty() && !err.trim_start().starts_with('{') && err.contains('3'),
             "{protocols:?}: the error channel should say in text that the exit code was 3: {out}"
         );
-        let (_, out) = exec_session(&f.c, exec_req(&id, &["true"]), protocols).await;
+        let (_, out) = exec_session(&f.c, exec_req(&id, &["true"], false, false), protocols).await;
         assert_eq!(
             out.text(ERROR),
             "",
@@ -379,10 +185,7 @@ async fn stdin_reaches_cat_and_v5_close_ends_it() {
     let f = fixture().await;
     let (pod, id) = pod_with(&f, "stdin", &["sleep", "100000"]).await;
     let base = Baseline::take(&f.c);
-    let mut req = exec_req(&id, &["cat"]);
-    req.stdin = true;
-    let url = exec_url(&f.c, req).await;
-    let mut s = ws_client::connect(&url, &[V5]).await.unwrap();
+    let mut s = open_exec(&f.c, exec_req(&id, &["cat"], false, true), &[V5]).await;
     assert_eq!(s.protocol(), Some(V5));
     s.send(STDIN, b"hello\n").await.unwrap();
     s.read_until(SESSION_TIMEOUT, "cat's echo", |o| o.stdout() == b"hello\n")
@@ -405,10 +208,8 @@ async fn binary_protocols_take_stdin_in_text_frames_too() {
     let (pod, id) = pod_with(&f, "textframes", &["sleep", "100000"]).await;
     let base = Baseline::take(&f.c);
     for proto in [V5, V4] {
-        let mut req = exec_req(&id, &["sh", "-c", r#"read x; echo "got $x""#]);
-        req.stdin = true;
-        let url = exec_url(&f.c, req).await;
-        let mut s = ws_client::connect(&url, &[proto]).await.unwrap();
+        let req = exec_req(&id, &["sh", "-c", r#"read x; echo "got $x""#], false, true);
+        let mut s = open_exec(&f.c, req, &[proto]).await;
         s.send_text("\u{0}hello\n").await.unwrap();
         let out = s
             .collect(Duration::from_secs(10))
@@ -427,10 +228,12 @@ async fn base64_protocol_carries_binary_both_ways() {
     let (pod, id) = pod_with(&f, "base64", &["sleep", "100000"]).await;
     let base = Baseline::take(&f.c);
     let script = r#"read x; echo "got $x"; printf '\001\377\200z'; echo err >&2; exit 3"#;
-    let mut req = exec_req(&id, &["sh", "-c", script]);
-    req.stdin = true;
-    let url = exec_url(&f.c, req).await;
-    let mut s = ws_client::connect(&url, &[V4_BASE64]).await.unwrap();
+    let mut s = open_exec(
+        &f.c,
+        exec_req(&id, &["sh", "-c", script], false, true),
+        &[V4_BASE64],
+    )
+    .await;
     assert_eq!(s.protocol(), Some(V4_BASE64));
     s.send(STDIN, b"hi there\n").await.unwrap();
     let out = s.collect(SESSION_TIMEOUT).await.unwrap();
@@ -444,17 +247,20 @@ async fn base64_protocol_carries_binary_both_ways() {
 
 #[tokio::test]
 async fn ten_mebibytes_of_output_arrive_intact_and_in_order() {
-    const SIZE: usize = 10 * 1024 * 1024;
     let f = fixture().await;
     let (pod, id) = pod_with(&f, "bulk", &["sleep", "100000"]).await;
     let base = Baseline::take(&f.c);
-    let cmd = format!("yes abcdefghij | head -c {SIZE}");
-    let url = exec_url(&f.c, exec_req(&id, &["sh", "-c", &cmd])).await;
-    let s = ws_client::connect(&url, &[V5]).await.unwrap();
+    let cmd = bulk_script();
+    let s = open_exec(
+        &f.c,
+        exec_req(&id, &["sh", "-c", &cmd], false, false),
+        &[V5],
+    )
+    .await;
     let out = s.collect(Duration::from_secs(180)).await.unwrap();
-    let want: Vec<u8> = b"abcdefghij\n".iter().copied().cycle().take(SIZE).collect();
+    let want = bulk_output();
     let got = out.stdout();
-    assert_eq!(got.len(), SIZE, "stdout length");
+    assert_eq!(got.len(), BULK_SIZE, "stdout length");
     if got != want.as_slice() {
         let at = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
         panic!(
@@ -474,16 +280,8 @@ async fn tty_exec_gets_a_pty_and_the_resize() {
     let f = fixture().await;
     let (pod, id) = pod_with(&f, "tty", &["sleep", "100000"]).await;
     let base = Baseline::take(&f.c);
-    let req = v1::ExecRequest {
-        container_id: id.clone(),
-        cmd: strings(&["sh", "-c", "sleep 0.5; tty; stty size"]),
-        tty: true,
-        stdin: true,
-        stdout: true,
-        stderr: false,
-    };
-    let url = exec_url(&f.c, req).await;
-    let mut s = ws_client::connect(&url, &[V5]).await.unwrap();
+    let req = exec_req(&id, &["sh", "-c", "sleep 0.5; tty; stty size"], true, true);
+    let mut s = open_exec(&f.c, req, &[V5]).await;
     s.resize(100, 40).await.unwrap();
     let out = s.collect(SESSION_TIMEOUT).await.unwrap();
     assert_up_first(&out, STDOUT);
@@ -511,16 +309,7 @@ async fn ending_a_session_kills_only_the_exec_process() {
     let main = f.pid(&id).await;
     let base = Baseline::take(&f.c);
     for (tty, seconds) in [(false, "98761"), (true, "98762")] {
-        let req = v1::ExecRequest {
-            container_id: id.clone(),
-            cmd: strings(&["sleep", seconds]),
-            tty,
-            stdin: true,
-            stdout: true,
-            stderr: !tty,
-        };
-        let url = exec_url(&f.c, req).await;
-        let mut s = ws_client::connect(&url, &[V5]).await.unwrap();
+        let mut s = open_exec(&f.c, exec_req(&id, &["sleep", seconds], tty, true), &[V5]).await;
         s.read_until(SESSION_TIMEOUT, "the up message", |o| {
             !o.messages.is_empty()
         })
@@ -566,7 +355,7 @@ async fn attach_streams_new_output_and_takes_stdin() {
     let f = fixture().await;
     let pod = f.pod(f.c.pod_config("attach")).await;
     let script = r#"echo before; while read line; do echo "got $line"; done"#;
-    let mut config = f.config("stream", "reader", &["sh", "-c", script]);
+    let mut config = f.config(IMAGE, "reader", &["sh", "-c", script]);
     config.stdin = true;
     let log = pod.log_dir().join(&config.log_path);
     let id = f.spawn(&pod, config).await;
@@ -605,52 +394,16 @@ async fn attach_streams_new_output_and_takes_stdin() {
     base.assert_clean(&f.c).await;
 }
 
-/// A pod running busybox httpd on [`HTTP_PORT`], once it listens.
-async fn http_pod(f: &Fixture, name: &str) -> (Pod, String) {
-    let port = HTTP_PORT.to_string();
-    let (pod, id) = pod_with(f, name, &["httpd", "-f", "-p", &port, "-h", "/www"]).await;
-    let pid = f.pid(&id).await;
-    let hex = format!(":{HTTP_PORT:04X}");
-    let listening = wait_until(STATE_TIMEOUT, async || {
-        ["tcp", "tcp6"].iter().any(|t| {
-            std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).is_ok_and(|s| {
-                s.lines().skip(1).any(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    f.len() > 3 && f[1].ends_with(&hex) && f[3] == "0A"
-                })
-            })
-        })
-    })
-    .await;
-    assert!(listening, "httpd never listened on {HTTP_PORT}");
-    (pod, id)
-}
-
-const GET: &[u8] = b"GET /hello.txt HTTP/1.0\r\nHost: localhost\r\n\r\n";
-
 /// Whether `data` is a whole HTTP response (headers and Content-Length bytes of body).
 fn http_complete(data: &[u8]) -> bool {
-    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some((head, body)) = split_response(data) else {
         return false;
     };
-    let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
-    head.lines()
+    head.to_ascii_lowercase()
+        .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .is_some_and(|len| data.len() >= end + 4 + len)
-}
-
-/// Checks a forwarded HTTP response: 200 and the file.
-fn assert_http_ok(data: &[u8], what: &str) {
-    let end = data.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&data[..end]);
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{what}: {head}"
-    );
-    let body = &data[end + 4..];
-    assert_eq!(body.len(), www_body().len(), "{what}: body length");
-    assert!(body == www_body(), "{what}: the body differs from the file");
+        .is_some_and(|len| body.len() >= len)
 }
 
 /// Forwards a GET over an open port-forward session on port index 0 and returns the response.
@@ -671,9 +424,7 @@ async fn port_forward_reaches_httpd_in_the_pod() {
     let base = Baseline::take(&f.c);
     for proto in [V4, V4_BASE64] {
         let url = port_forward_url(&f.c, &pod, &[HTTP_PORT]).await;
-        let mut s = ws_client::port_forward(&url, &[proto], &[HTTP_PORT], SESSION_TIMEOUT)
-            .await
-            .unwrap_or_else(|e| panic!("{proto}: {e:#}"));
+        let mut s = open_forward(&url, proto, HTTP_PORT).await;
         assert_eq!(s.protocol(), Some(proto));
         let response = forward_get(&mut s).await;
         assert_http_ok(&response, proto);
@@ -683,9 +434,7 @@ async fn port_forward_reaches_httpd_in_the_pod() {
     // No ports in the request: they come from the URL's query.
     let url = port_forward_url(&f.c, &pod, &[]).await;
     let url = format!("{url}?port={HTTP_PORT}");
-    let mut s = ws_client::port_forward(&url, &[V4], &[HTTP_PORT], SESSION_TIMEOUT)
-        .await
-        .unwrap();
+    let mut s = open_forward(&url, V4, HTTP_PORT).await;
     let response = forward_get(&mut s).await;
     assert_http_ok(&response, "?port=");
     s.close().await.unwrap();
@@ -700,9 +449,7 @@ async fn port_forward_to_a_closed_port_reports_on_its_error_channel() {
     let (pod, id) = http_pod(&f, "refused").await;
     let base = Baseline::take(&f.c);
     let url = port_forward_url(&f.c, &pod, &[9]).await;
-    let mut s = ws_client::port_forward(&url, &[V4], &[9], SESSION_TIMEOUT)
-        .await
-        .unwrap();
+    let mut s = open_forward(&url, V4, 9).await;
     s.read_until(SESSION_TIMEOUT, "an error for port 9", |o| {
         !o.port_error(0).is_empty()
     })
@@ -722,7 +469,7 @@ async fn tokens_are_single_use_and_unknown_ones_are_not_found() {
     let (pod, id) = pod_with(&f, "tokens", &["sleep", "100000"]).await;
     let base = Baseline::take(&f.c);
 
-    let exec = exec_url(&f.c, exec_req(&id, &["true"])).await;
+    let exec = exec_url(&f.c, exec_req(&id, &["true"], false, false)).await;
     let out = ws_client::connect(&exec, &[V5])
         .await
         .unwrap()
@@ -753,7 +500,7 @@ async fn tokens_are_single_use_and_unknown_ones_are_not_found() {
     }
 
     // A fresh token, but only a subprotocol the server does not speak: an HTTP error, no upgrade.
-    let url = exec_url(&f.c, exec_req(&id, &["true"])).await;
+    let url = exec_url(&f.c, exec_req(&id, &["true"], false, false)).await;
     let (status, body) = ws_client::upgrade_status(&url, &["v99.channel.k8s.io"])
         .await
         .unwrap();
@@ -774,8 +521,12 @@ async fn twenty_concurrent_exec_sessions() {
     let mut tasks = Vec::new();
     for i in 0..20 {
         let mut rt = f.c.runtime();
-        let mut req = exec_req(&id, &["sh", "-c", script, "sh", &i.to_string()]);
-        req.stdin = true;
+        let req = exec_req(
+            &id,
+            &["sh", "-c", script, "sh", &i.to_string()],
+            false,
+            true,
+        );
         tasks.push(tokio::spawn(async move {
             let url = rt.exec(req).await?.into_inner().url;
             let mut s = ws_client::connect(&url, &[V5]).await?;
@@ -806,7 +557,7 @@ async fn a_hundred_sequential_sessions_leave_nothing_behind() {
     let base = Baseline::take(&f.c);
     for i in 0..100 {
         let n = i.to_string();
-        let (_, out) = exec_session(&f.c, exec_req(&id, &["echo", &n]), &[V5]).await;
+        let (_, out) = exec_session(&f.c, exec_req(&id, &["echo", &n], false, false), &[V5]).await;
         assert_eq!(out.text(STDOUT), format!("{i}\n"), "session {i}: {out}");
         assert_exit(&out, 0);
     }
@@ -835,11 +586,10 @@ async fn kubernetes_python_client_execs_and_forwards() {
     let (pod, id) = http_pod(&f, "python").await;
     let base = Baseline::take(&f.c);
     let script = r#"read x; echo "out:$x"; echo err >&2; exit 5"#;
-    let mut req = exec_req(&id, &["sh", "-c", script]);
-    req.stdin = true;
+    let req = exec_req(&id, &["sh", "-c", script], false, true);
     let text_stdin = exec_url(&f.c, req.clone()).await;
     let bytes_stdin = exec_url(&f.c, req).await;
-    let ok = exec_url(&f.c, exec_req(&id, &["echo", "fine"])).await;
+    let ok = exec_url(&f.c, exec_req(&id, &["echo", "fine"], false, false)).await;
     let forward = port_forward_url(&f.c, &pod, &[HTTP_PORT]).await;
     let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("independent/k8s_ws_client.py");
     let port = HTTP_PORT.to_string();
