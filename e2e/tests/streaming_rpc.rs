@@ -268,6 +268,35 @@ async fn a_background_process_holding_the_output_does_not_keep_the_session_open(
     f.c.assert_no_leaks().await;
 }
 
+/// A client that gives up on an ExecSync (its deadline, a cancel) ends the command, not only the call.
+#[tokio::test]
+async fn an_abandoned_exec_sync_ends_its_command_and_not_the_container() {
+    let f = Fixture::start(&[("busybox", busybox_image().cmd(&["sh"]).build())]).await;
+    let pod = f.pod(f.c.pod_config("abandoned")).await;
+    let id = f
+        .spawn(&pod, f.config("busybox", "sleeper", &["sleep", "1000"]))
+        .await;
+    let call = f.exec(&id, &["sleep", "613"], 0);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), call)
+            .await
+            .is_err(),
+        "the exec ended by itself"
+    );
+    let gone = crius_e2e::wait_until(Duration::from_secs(10), async || {
+        !f.exec_ok(&id, &["ps"]).await.contains("sleep 613")
+    })
+    .await;
+    assert!(gone, "the abandoned ExecSync's sleep 613 is still running");
+    assert_eq!(
+        f.status(&id).await.state(),
+        ContainerState::ContainerRunning
+    );
+    f.stop_and_remove(&id).await;
+    f.c.stop_and_remove(&pod.id).await;
+    f.c.assert_no_leaks().await;
+}
+
 #[tokio::test]
 async fn an_idle_session_is_closed_and_its_exec_ends_but_not_the_container() {
     let f = Fixture::start_with(

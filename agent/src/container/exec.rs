@@ -63,13 +63,15 @@ impl Containers {
         timeout: Duration,
     ) -> Result<ExecOutput> {
         let rec = self.exec_target(id, cmd).await?;
-        let mut child = helper_command(&rec, cmd, timeout, false)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::sandbox("start the exec helper", e))?;
+        let mut helper = Helper(
+            helper_command(&rec, cmd, timeout, false)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| Error::sandbox("start the exec helper", e))?,
+        );
+        let child = &mut helper.0;
         let (out, err) = (child.stdout.take(), child.stderr.take());
         let started = Instant::now();
         let run = async {
@@ -142,10 +144,33 @@ fn helper_command(
     command
 }
 
+/// The exec helper while it runs. Dropped before it was reaped (a cancelled ExecSync, a session task gone) it
+/// gets SIGTERM, so it kills the command's process group before it exits (a SIGKILL would leave the command
+/// running in the container); tokio reaps it.
+#[derive(Debug)]
+struct Helper(tokio::process::Child);
+
+impl Helper {
+    fn stop(&self) {
+        if let Some(pid) = self.0.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A streaming exec's process: the helper, and the command's stdio (pipes, or the pty master).
 #[derive(Debug)]
 pub struct ExecProcess {
-    helper: tokio::process::Child,
+    helper: Helper,
     pub stdin: Option<tokio::process::ChildStdin>,
     pub stdout: Option<tokio::process::ChildStdout>,
     pub stderr: Option<tokio::process::ChildStderr>,
@@ -158,6 +183,7 @@ impl ExecProcess {
     pub async fn wait(&mut self) -> Result<i32> {
         let status = self
             .helper
+            .0
             .wait()
             .await
             .map_err(|e| Error::sandbox("wait for the exec helper", e))?;
@@ -166,12 +192,7 @@ impl ExecProcess {
 
     /// Ends the command (and what it started), never the container: the helper kills its process group.
     pub fn stop(&self) {
-        if let Some(pid) = self.helper.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
+        self.helper.stop();
     }
 }
 
@@ -217,7 +238,6 @@ impl Containers {
             }
         };
         let mut command = helper_command(&rec, cmd, Duration::ZERO, tty);
-        command.kill_on_drop(true);
         if !tty {
             let mut helper = command
                 .stdin(pipe(stdin))
@@ -229,7 +249,7 @@ impl Containers {
                 stdin: helper.stdin.take(),
                 stdout: helper.stdout.take(),
                 stderr: helper.stderr.take(),
-                helper,
+                helper: Helper(helper),
                 pty: None,
             });
         }
@@ -270,7 +290,7 @@ impl Containers {
             stdin: None,
             stdout: None,
             stderr: None,
-            helper,
+            helper: Helper(helper),
             pty: Some(pty),
         })
     }
