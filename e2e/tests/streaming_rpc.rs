@@ -297,6 +297,54 @@ async fn an_abandoned_exec_sync_ends_its_command_and_not_the_container() {
     f.c.assert_no_leaks().await;
 }
 
+/// Attach to a container with a terminal: one output stream, stdin to its shell, and the client's size on its
+/// pty; detaching leaves the container running.
+#[tokio::test]
+async fn attach_to_a_tty_container_carries_stdin_output_and_resize() {
+    use crius_e2e::ws_client::{self, STDIN, STDOUT, V5};
+    let f = crius_e2e::streaming::fixture().await;
+    let pod = f.pod(f.c.pod_config("tty-attach")).await;
+    let mut config = f.config(crius_e2e::streaming::IMAGE, "shell", &["sh"]);
+    config.tty = true;
+    config.stdin = true;
+    let id = f.spawn(&pod, config).await;
+    let url =
+        f.c.runtime()
+            .attach(v1::AttachRequest {
+                container_id: id.clone(),
+                stdin: true,
+                // The container's terminal decides; a client asking for stderr gets one stream anyway.
+                tty: false,
+                stdout: true,
+                stderr: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+    let mut s = ws_client::connect(&url, &[V5]).await.unwrap();
+    s.resize(111, 33).await.unwrap();
+    s.send(STDIN, b"stty size; echo mark-$((6*7))\n")
+        .await
+        .unwrap();
+    s.read_until(Duration::from_secs(10), "the shell's answer", |o| {
+        String::from_utf8_lossy(o.channel(STDOUT)).contains("mark-42")
+    })
+    .await
+    .unwrap();
+    let out = s.close().await.unwrap();
+    let text = out.text(STDOUT);
+    assert!(text.contains("33 111"), "{text:?}");
+    assert!(out.stderr().is_empty(), "{out}");
+    assert_eq!(
+        f.status(&id).await.state(),
+        ContainerState::ContainerRunning
+    );
+    f.stop_and_remove(&id).await;
+    f.c.stop_and_remove(&pod.id).await;
+    f.c.assert_no_leaks().await;
+}
+
 #[tokio::test]
 async fn an_idle_session_is_closed_and_its_exec_ends_but_not_the_container() {
     let f = Fixture::start_with(
