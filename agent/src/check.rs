@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, monitor_binary};
 use crate::network::Network;
+use crate::readiness;
 use crate::runtime::{CgroupReport, cgroup_manager};
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -124,16 +125,28 @@ fn gather(config: &Config) -> Vec<Line> {
                 .unwrap_or_else(|| "no cgroup2 mount found".into()),
         )),
     }
-    let pause = config.pause_binary();
-    out.push(if pause.exists() {
-        line(Level::Ok, "pause", pause.display().to_string())
-    } else {
-        line(
-            Level::Missing,
-            "pause",
-            format!("{} not found (set pause_binary)", pause.display()),
-        )
-    });
+    // RuntimeReady is false without either program.
+    for (what, path, hint) in [
+        ("pause", config.pause_binary(), "set pause_binary"),
+        (
+            "monitor",
+            monitor_binary(),
+            "install crius-monitor next to crius",
+        ),
+    ] {
+        out.push(if readiness::executable(&path) {
+            line(Level::Ok, what, path.display().to_string())
+        } else {
+            line(
+                Level::Missing,
+                what,
+                format!(
+                    "{} is missing or not executable ({hint}; RuntimeReady false)",
+                    path.display()
+                ),
+            )
+        });
+    }
     let network = Network::new(config);
     match network.choose() {
         Ok(choice) => {
@@ -142,6 +155,17 @@ fn gather(config: &Config) -> Vec<Line> {
                 "cni config",
                 format!("network {:?} from {}", choice.list.name, choice.origin),
             ));
+            if !choice.ignored.is_empty() {
+                out.push(line(
+                    Level::Warn,
+                    "cni config",
+                    format!(
+                        "no valid config in {}, so the embedded default is used: {}",
+                        config.network.conf_dir.display(),
+                        choice.ignored.join("; ")
+                    ),
+                ));
+            }
             out.push(if choice.missing_plugins.is_empty() {
                 line(
                     Level::Ok,
@@ -153,14 +177,18 @@ fn gather(config: &Config) -> Vec<Line> {
                     Level::Missing,
                     "cni plugins",
                     format!(
-                        "{} not found in {}",
+                        "{} not found in {} (NetworkReady false)",
                         choice.missing_plugins.join(", "),
                         network.cni_dirs()
                     ),
                 )
             });
         }
-        Err(e) => out.push(line(Level::Missing, "cni config", crate::error::chain(&e))),
+        Err(e) => out.push(line(
+            Level::Missing,
+            "cni config",
+            format!("{} (NetworkReady false)", crate::error::chain(&e)),
+        )),
     }
     out
 }

@@ -52,6 +52,8 @@ pub struct Config {
     pub network: NetworkConfig,
     pub pod: PodConfig,
     pub streaming: StreamingConfig,
+    pub metrics: MetricsConfig,
+    pub tracing: TracingConfig,
     /// Per-registry settings, keyed by registry host (`docker.io`, `registry.k8s.io`, `localhost:5000`).
     pub registries: BTreeMap<String, RegistryConfig>,
 }
@@ -128,6 +130,22 @@ pub struct StreamingConfig {
     pub max_outstanding_tokens: usize,
 }
 
+/// The Prometheus endpoint (`GET /metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `ip:port` to serve it on ("127.0.0.1:9090"); empty means off; port 0 picks a free one (logged).
+    pub address: String,
+}
+
+/// OpenTelemetry traces of the CRI RPCs.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// An OTLP/gRPC collector (`http://host:4317`); empty means off.
+    pub otlp_endpoint: String,
+}
+
 impl Default for StreamingConfig {
     fn default() -> Self {
         StreamingConfig {
@@ -156,6 +174,8 @@ impl Default for Config {
             network: NetworkConfig::default(),
             pod: PodConfig::default(),
             streaming: StreamingConfig::default(),
+            metrics: MetricsConfig::default(),
+            tracing: TracingConfig::default(),
             registries: BTreeMap::new(),
         }
     }
@@ -310,6 +330,22 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        let m = &self.metrics.address;
+        if !m.is_empty() && m.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "metrics.address",
+                reason: format!("{m:?} is not an ip:port address (\"\" turns metrics off)"),
+            });
+        }
+        let otlp = &self.tracing.otlp_endpoint;
+        if !otlp.is_empty() && !valid_http_endpoint(otlp) {
+            return Err(ConfigError::Invalid {
+                key: "tracing.otlp_endpoint",
+                reason: format!(
+                    "{otlp:?} is not an http://host:port collector address (\"\" turns tracing off)"
+                ),
+            });
+        }
         if !self.cgroup.default_parent.starts_with('/')
             && !self.cgroup.default_parent.ends_with(".slice")
         {
@@ -350,6 +386,20 @@ pub fn monitor_binary() -> PathBuf {
         .and_then(|exe| exe.parent().map(|dir| dir.join("crius-monitor")))
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("/usr/local/bin/crius-monitor"))
+}
+
+/// `http://host:port` with nothing after but an optional `/` (TLS to the collector is not built in).
+fn valid_http_endpoint(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("http://") else {
+        return false;
+    };
+    let hostport = rest.strip_suffix('/').unwrap_or(rest);
+    match hostport.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && !host.contains(['/', '@', ' ']) && port.parse::<u16>().is_ok()
+        }
+        None => false,
+    }
 }
 
 fn valid_cidr(s: &str) -> bool {
@@ -555,6 +605,38 @@ mod tests {
                 .to_string()
                 .contains("default_bridge")
         );
+    }
+
+    #[test]
+    fn metrics_and_tracing_addresses() {
+        let c: Config = toml::from_str(
+            "[metrics]\naddress = \"127.0.0.1:9090\"\n\
+             [tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\n",
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.metrics.address, "127.0.0.1:9090");
+        let c: Config = toml::from_str("[metrics]\naddress = \"[::1]:0\"\n").expect("parses");
+        c.validate().expect("an IPv6 address and port 0 are valid");
+        for bad in ["9090", "localhost:9090", "127.0.0.1"] {
+            let c: Config =
+                toml::from_str(&format!("[metrics]\naddress = {bad:?}\n")).expect("parses");
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("metrics.address"), "{bad}: {err}");
+        }
+        for bad in [
+            "127.0.0.1:4317",
+            "https://c:4317",
+            "http://c",
+            "http://:4317",
+            "http://c:4317/v1/traces",
+        ] {
+            let c: Config =
+                toml::from_str(&format!("[tracing]\notlp_endpoint = {bad:?}\n")).expect("parses");
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("tracing.otlp_endpoint"), "{bad}: {err}");
+        }
+        assert!(toml::from_str::<Config>("[metrics]\nport = 1\n").is_err());
     }
 
     #[test]

@@ -8,12 +8,16 @@ mod error;
 mod grpc;
 #[allow(dead_code)] // the ImageService (issue 3) is wired up next
 mod image;
+mod metrics;
 mod network;
 mod pod;
+mod readiness;
 mod runtime;
 mod server;
+mod stats;
 mod store;
 mod streaming;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -149,25 +153,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config
                 .validate()
                 .map_err(|e| anyhow::anyhow!(error::chain(&e)))?;
-            init_logging(config.log_level);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(server::serve(config))?;
+            rt.block_on(async {
+                // Inside the runtime: the OTLP exporter's gRPC connection lives on it.
+                let telemetry = telemetry::init(config.log_level, &config.tracing)
+                    .map_err(|e| anyhow::anyhow!(error::chain(&e)))?;
+                let served = server::serve(config).await;
+                telemetry.shutdown().await;
+                served
+            })?;
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn init_logging(level: LogLevel) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.to_string()));
-    // Colours only on a terminal: journald and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -7,6 +7,7 @@ use crius_cni::{Attachment, Bandwidth, Cni, CniResult, DefaultNetwork, Dns, Netw
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::pod::spec::PodSpec;
 
 pub const INGRESS_ANNOTATION: &str = "kubernetes.io/ingress-bandwidth";
@@ -25,6 +26,8 @@ pub struct NetworkChoice {
     /// Where it came from, for `crius check` and Status: a file path or "embedded default".
     pub origin: String,
     pub missing_plugins: Vec<String>,
+    /// When the embedded default is used although conf_dir holds config files: each one and why it is not valid.
+    pub ignored: Vec<String>,
 }
 
 impl Network {
@@ -55,14 +58,14 @@ impl Network {
             pod: String::new(),
             source,
         })?;
-        let (list, origin) = match loaded {
+        let (list, origin, ignored) = match loaded {
             Some(list) => {
                 let origin = list
                     .source
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| self.conf_dir.display().to_string());
-                (list, origin)
+                (list, origin, Vec::new())
             }
             None => (
                 crius_cni::default_network(&self.default),
@@ -70,6 +73,7 @@ impl Network {
                     "embedded default (bridge {}, subnet {})",
                     self.default.bridge, self.default.subnet
                 ),
+                self.invalid_configs(),
             ),
         };
         let mut missing_plugins = self.cni.missing_plugins(&list);
@@ -80,7 +84,36 @@ impl Network {
             list,
             origin,
             missing_plugins,
+            ignored,
         })
+    }
+
+    /// The config files in conf_dir, each with why it cannot be used (when none could).
+    fn invalid_configs(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.conf_dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("conflist" | "conf" | "json")
+                )
+            })
+            .map(|p| {
+                let why = match std::fs::read(&p) {
+                    Ok(bytes) => match crius_cni::parse_conflist(&bytes, Some(&p)) {
+                        Ok(_) => "valid now".to_owned(),
+                        Err(e) => crate::error::chain(&e),
+                    },
+                    Err(e) => format!("unreadable: {e}"),
+                };
+                format!("{}: {why}", p.display())
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// NetworkReady: `Ok(origin)` or `Err((reason, message))`.
@@ -96,6 +129,13 @@ impl Network {
                     c.origin,
                     self.cni_dirs()
                 ),
+            )),
+            Ok(c) if !c.ignored.is_empty() => Ok(format!(
+                "{} ({}), as no config in {} is valid: {}",
+                c.list.name,
+                c.origin,
+                self.conf_dir.display(),
+                c.ignored.join("; ")
             )),
             Ok(c) => Ok(format!("{} ({})", c.list.name, c.origin)),
         }
@@ -172,9 +212,14 @@ impl Network {
             pod: id.to_owned(),
             source,
         };
+        let start = std::time::Instant::now();
         let lo_net = crius_cni::loopback_network(&list.cni_version);
-        self.cni.add(&lo_net, lo).await.map_err(err)?;
-        self.cni.add(list, eth0).await.map_err(err)
+        let out = match self.cni.add(&lo_net, lo).await {
+            Ok(_) => self.cni.add(list, eth0).await.map_err(err),
+            Err(e) => Err(err(e)),
+        };
+        metrics::cni(metrics::CniOp::Add, out.is_ok(), start.elapsed());
+        out
     }
 
     /// DEL in reverse order; idempotent. Both DELs are attempted; the first error is returned.
@@ -190,10 +235,13 @@ impl Network {
             pod: id.to_owned(),
             source,
         };
+        let start = std::time::Instant::now();
         let main = self.cni.del(list, eth0).await.map_err(err);
         let lo_net = crius_cni::loopback_network(&list.cni_version);
         let lo = self.cni.del(&lo_net, lo).await.map_err(err);
-        main.and(lo)
+        let out = main.and(lo);
+        metrics::cni(metrics::CniOp::Del, out.is_ok(), start.elapsed());
+        out
     }
 }
 

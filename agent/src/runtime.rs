@@ -12,7 +12,11 @@ use crate::error::{Error, Result};
 use crate::image::Images;
 use crate::image::service::PullSettings;
 use crate::pod::Pods;
+use crate::readiness;
 use crate::store::Store;
+
+/// The runtime handlers RunPodSandbox accepts: the default ("") and two names for it that RuntimeClasses use.
+pub const RUNTIME_HANDLERS: [&str; 3] = ["", "crius", "runc"];
 
 /// Limits crius can set, by the cgroup v2 controller that enforces them.
 pub const LIMIT_CONTROLLERS: [&str; 6] = ["cpu", "cpuset", "memory", "pids", "hugetlb", "io"];
@@ -22,6 +26,7 @@ pub struct Runtime {
     pub pods: Arc<Pods>,
     pub containers: Arc<Containers>,
     pub images: Arc<Images>,
+    pub stats: crate::stats::Stats,
     /// What the cgroup tree allows, said once at startup and in Status.
     pub cgroup_report: CgroupReport,
 }
@@ -114,11 +119,18 @@ impl Runtime {
         ));
         containers.recover().await?;
         tokio::spawn(containers.clone().watch_exits());
+        let stats = crate::stats::Stats::new(
+            pods.clone(),
+            containers.clone(),
+            &config.root,
+            &cgroup_report.usable_controllers,
+        );
         Ok(Runtime {
             config,
             pods,
             containers,
             images,
+            stats,
             cgroup_report,
         })
     }
@@ -163,27 +175,16 @@ impl Runtime {
         }
     }
 
+    /// Status: each condition that is false says why (and is logged when it changes); verbose adds the details.
     pub fn status(&self, verbose: bool) -> v1::StatusResponse {
-        let runtime_ready = v1::RuntimeCondition {
-            r#type: "RuntimeReady".into(),
-            status: true,
-            reason: String::new(),
-            message: String::new(),
-        };
-        let network = self.pods.network().readiness();
-        let network_ready = match &network {
-            Ok(_) => v1::RuntimeCondition {
-                r#type: "NetworkReady".into(),
-                status: true,
-                reason: String::new(),
-                message: String::new(),
-            },
-            Err((reason, message)) => v1::RuntimeCondition {
-                r#type: "NetworkReady".into(),
-                status: false,
-                reason: reason.clone(),
-                message: message.clone(),
-            },
+        let runtime = readiness::runtime(&self.config);
+        let (network, network_detail) = readiness::network(self.pods.network());
+        readiness::log_changes(&[&runtime, &network]);
+        let condition = |c: readiness::Condition| v1::RuntimeCondition {
+            r#type: c.kind.into(),
+            status: c.ready,
+            reason: c.reason,
+            message: c.message,
         };
         let info = if verbose {
             let info = serde_json::json!({
@@ -192,7 +193,8 @@ impl Runtime {
                 "state": self.config.state,
                 "cgroupDriver": self.config.cgroup.driver,
                 "cgroup": self.cgroup_report,
-                "network": match &network { Ok(origin) => origin.clone(), Err((_, m)) => m.clone() },
+                "runtime": if runtime.ready { "ready".to_owned() } else { runtime.message.clone() },
+                "network": network_detail,
                 "cniPluginDirs": self.config.network.plugin_dirs,
                 "config": self.config,
             });
@@ -202,20 +204,27 @@ impl Runtime {
         } else {
             Default::default()
         };
+        // What crius implements, truthfully: supplemental_groups_policy (Strict and Merge, ContainerStatus.user).
+        // Not yet: user namespaces (refused at CreateContainer) and recursive read-only mounts (the remount is
+        // not recursive), so both stay false and kubelet does not ask for them.
+        let features = v1::RuntimeHandlerFeatures {
+            recursive_read_only_mounts: false,
+            user_namespaces: false,
+        };
         v1::StatusResponse {
             status: Some(v1::RuntimeStatus {
-                conditions: vec![runtime_ready, network_ready],
+                conditions: vec![condition(runtime), condition(network)],
             }),
             info,
-            runtime_handlers: vec![v1::RuntimeHandler {
-                name: String::new(),
-                features: Some(v1::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
-                    user_namespaces: false,
-                }),
-            }],
+            runtime_handlers: RUNTIME_HANDLERS
+                .iter()
+                .map(|name| v1::RuntimeHandler {
+                    name: (*name).into(),
+                    features: Some(features),
+                })
+                .collect(),
             features: Some(v1::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
             }),
         }
     }

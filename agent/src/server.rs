@@ -32,8 +32,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(crate::error::chain(&e)))?,
     );
+    // Says now, in the log, what is not ready and why (kubelet's first Status may be a while away).
+    let _ = runtime.status(false);
     let streaming =
         crate::streaming::Streaming::start(&config.streaming, Arc::clone(&runtime)).await?;
+    let _metrics = crate::metrics::MetricsServer::start(&config.metrics, Arc::clone(&runtime))
+        .await
+        .map_err(|e| anyhow::anyhow!(crate::error::chain(&e)))?;
     let listener = bind_socket(&config.listen)?;
     let cri = Cri::new(Arc::clone(&runtime), streaming);
     tracing::info!(

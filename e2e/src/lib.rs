@@ -50,6 +50,7 @@ pub mod containers;
 pub mod images;
 pub mod registry;
 pub mod spdy_client;
+pub mod stats;
 pub mod streaming;
 pub mod vm;
 pub mod ws_client;

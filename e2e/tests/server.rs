@@ -195,33 +195,13 @@ async fn unimplemented_rpcs_say_which() {
     let c = Crius::start(Options::new()).await;
     let mut rt = c.runtime();
     // The ImageService is implemented (issue 3; e2e/tests/images.rs), and so are Exec, Attach and PortForward
-    // (e2e/tests/streaming_*.rs).
-    let results = vec![
-        (
-            "ContainerStats",
-            rt.container_stats(v1::ContainerStatsRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "PodSandboxStats",
-            rt.pod_sandbox_stats(v1::PodSandboxStatsRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "ListMetricDescriptors",
-            rt.list_metric_descriptors(v1::ListMetricDescriptorsRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "CheckpointContainer",
-            rt.checkpoint_container(v1::CheckpointContainerRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-    ];
+    // (e2e/tests/streaming_*.rs) and the stats and metrics RPCs (e2e/tests/stats.rs).
+    let results = vec![(
+        "CheckpointContainer",
+        rt.checkpoint_container(v1::CheckpointContainerRequest::default())
+            .await
+            .map(|_| ()),
+    )];
     for (rpc, result) in results {
         let err = result.expect_err(&format!("{rpc} succeeded"));
         assert_eq!(err.code(), Code::Unimplemented, "{rpc}: {err:?}");
@@ -594,4 +574,84 @@ fn check_prints_lines_and_a_verdict() {
     );
     assert!(!ok, "exit status 0 with verdict not ready");
     assert!(lines.iter().any(|l| l.starts_with("missing")), "{lines:#?}");
+}
+
+#[tokio::test]
+async fn status_reports_runtime_handlers_and_features_as_the_cri_defines() {
+    let c = Crius::start(Options::new()).await;
+    let s = status(&c, false).await;
+    // The default handler ("") and the names RunPodSandbox accepts for it, with what crius implements: no user
+    // namespaces, no recursive read-only mounts; SupplementalGroupsPolicy (and ContainerStatus.user) yes.
+    let names: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["", "crius", "runc"], "{s:?}");
+    for h in &s.runtime_handlers {
+        let f = h.features.expect("a runtime handler without features");
+        assert!(!f.user_namespaces && !f.recursive_read_only_mounts, "{h:?}");
+    }
+    assert!(s.features.expect("no features").supplemental_groups_policy);
+    for handler in names {
+        let mut config = c.pod_config("handler");
+        config.metadata.as_mut().unwrap().name = format!("handler-{handler}");
+        let id = c
+            .runtime()
+            .run_pod_sandbox(v1::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("runtime handler {handler:?} reported but refused: {e}"))
+            .into_inner()
+            .pod_sandbox_id;
+        c.pod_status(&id).await.unwrap();
+        c.stop_and_remove(&id).await;
+    }
+    c.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn runtime_not_ready_names_a_missing_pause_program_in_status_log_and_check() {
+    let c = Crius::start(Options::new().set("pause_binary", "\"@DIR@/no-such-pause\"")).await;
+    let s = status(&c, true).await;
+    let rt = condition(&s, "RuntimeReady");
+    assert!(!rt.status, "RuntimeReady without a pause program: {rt:?}");
+    assert_eq!(rt.reason, "PauseBinaryNotFound", "{rt:?}");
+    assert!(rt.message.contains("no-such-pause"), "{rt:?}");
+    let info: String = s.info.into_values().collect();
+    assert!(info.contains("no-such-pause"), "verbose info: {info}");
+    // Said once in the log at startup, with the cause.
+    let log = c.log();
+    let said = log
+        .lines()
+        .filter(|l| l.contains("RuntimeReady is false") && l.contains("no-such-pause"))
+        .count();
+    assert_eq!(said, 1, "{log}");
+    let (ok, lines) = check_output(&c);
+    assert!(!ok, "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("missing")
+            && l.contains("pause:")
+            && l.contains("no-such-pause")),
+        "{lines:#?}"
+    );
+    c.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn invalid_cni_configs_are_named_when_the_embedded_default_is_used() {
+    let c = Crius::start(Options::new().conflist("10-broken.conflist", "{ not json")).await;
+    let s = status(&c, true).await;
+    assert!(condition(&s, "NetworkReady").status, "{s:?}");
+    let info: String = s.info.into_values().collect();
+    assert!(
+        info.contains("embedded") && info.contains("10-broken.conflist"),
+        "verbose Status does not say why the default is used: {info}"
+    );
+    let (_, lines) = check_output(&c);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("warn") && l.contains("10-broken.conflist")),
+        "{lines:#?}"
+    );
+    c.assert_no_leaks().await;
 }

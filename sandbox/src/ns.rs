@@ -174,10 +174,48 @@ pub fn connect_localhost_in(
         .map_err(|_| io::Error::other("the namespace thread panicked"))?
 }
 
+/// `/proc/net/dev` (per-interface byte, packet, error and drop counters) as seen inside each network namespace
+/// pinned at `netns`, in order. One short-lived thread joins the namespaces in turn and reads
+/// `/proc/thread-self/net/dev` after each join (`/proc/self/net` would show the main thread's namespace, and
+/// sysfs the namespace it was mounted in). An entry whose namespace cannot be joined is that error, and nothing
+/// is read for it: never another namespace's counters. The outer error: the thread could not run.
+pub fn read_net_dev_in(netns: &[PathBuf]) -> io::Result<Vec<io::Result<String>>> {
+    if netns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let netns = netns.to_vec();
+    let worker = std::thread::Builder::new()
+        .name("crius-netns-stats".into())
+        .spawn(move || {
+            netns
+                .iter()
+                .map(|path| {
+                    let f = fs::File::open(path)?;
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                    fs::read_to_string("/proc/thread-self/net/dev")
+                })
+                .collect()
+        })?;
+    worker
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_dev_of_a_missing_namespace_is_an_error_for_that_entry_only() {
+        assert!(read_net_dev_in(&[]).unwrap().is_empty());
+        let d = tempfile::tempdir().unwrap();
+        let out = read_net_dev_in(&[d.path().join("gone"), d.path().join("gone2")]).unwrap();
+        assert_eq!(out.len(), 2);
+        for r in out {
+            assert_eq!(r.unwrap_err().kind(), io::ErrorKind::NotFound);
+        }
+    }
 
     #[test]
     fn connects_to_localhost_in_our_own_namespace() {

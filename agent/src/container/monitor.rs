@@ -45,6 +45,14 @@ impl MonitorHandle {
         if self.alive().await {
             return Ok(());
         }
+        // The log is the pod's first monitor's: a monitor started where one is gone is a restart.
+        let restart = self.dir.join("monitor.log").exists();
+        let started = self.start(binary).await;
+        crate::metrics::monitor_start(restart, started.is_ok());
+        started
+    }
+
+    async fn start(&self, binary: &Path) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -32,10 +32,7 @@ pub fn pod_spec(req: v1::RunPodSandboxRequest) -> Result<PodSpec> {
             ));
         }
     }
-    if !req.runtime_handler.is_empty()
-        && req.runtime_handler != "runc"
-        && req.runtime_handler != "crius"
-    {
+    if !crate::runtime::RUNTIME_HANDLERS.contains(&req.runtime_handler.as_str()) {
         return Err(Error::invalid(
             "runtime_handler",
             format!(

@@ -4,12 +4,12 @@ mod container_out;
 mod convert;
 mod convert_container;
 mod convert_image;
+mod convert_stats;
 mod status;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crius_proto::v1::{
     self, image_service_server::ImageService, runtime_service_server::RuntimeService,
@@ -18,8 +18,10 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::error::Error;
+use crate::metrics;
 use crate::runtime::Runtime;
 use crate::streaming::{Pending, Streaming};
+use crate::telemetry::{self, rpc_span};
 
 /// Both CRI services on one value (they share the runtime and the streaming server).
 #[derive(Clone)]
@@ -36,12 +38,13 @@ impl Cri {
 
 type R<T> = Result<Response<T>, Status>;
 
-/// Runs one RPC about a pod (or none) inside its span: method, ids, latency and outcome are logged once here.
+/// Runs one RPC about a pod (or none) inside its span: method, ids, latency and outcome are logged once here,
+/// counted in the metrics and, when exporting, traced.
 async fn rpc<T, F>(method: &'static str, pod: &str, fut: F) -> R<T>
 where
     F: Future<Output = Result<T, Error>>,
 {
-    in_span(tracing::info_span!("rpc", method, pod = %pod), fut).await
+    in_span(method, rpc_span!(method, pod = %pod), fut).await
 }
 
 /// [`rpc`] for an RPC about a container: its span carries the container id.
@@ -49,28 +52,29 @@ async fn rpc_container<T, F>(method: &'static str, container: &str, fut: F) -> R
 where
     F: Future<Output = Result<T, Error>>,
 {
-    in_span(
-        tracing::info_span!("rpc", method, container = %container),
-        fut,
-    )
-    .await
+    in_span(method, rpc_span!(method, container = %container), fut).await
 }
 
-async fn in_span<T, F>(span: tracing::Span, fut: F) -> R<T>
+async fn in_span<T, F>(method: &'static str, span: tracing::Span, fut: F) -> R<T>
 where
     F: Future<Output = Result<T, Error>>,
 {
-    let start = Instant::now();
+    telemetry::name_rpc_span(&span, method);
+    let timer = metrics::RpcTimer::start(method);
     let out = fut.instrument(span.clone()).await;
     let _e = span.enter();
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let ms = timer.elapsed().as_secs_f64() * 1000.0;
     match out {
         Ok(v) => {
+            timer.finish(tonic::Code::Ok);
+            telemetry::end_rpc_span(&span, None);
             tracing::debug!(latency_ms = ms, "ok");
             Ok(Response::new(v))
         }
         Err(e) => {
             let status = status::to_status(&e);
+            timer.finish(status.code());
+            telemetry::end_rpc_span(&span, Some(&status));
             match status.code() {
                 tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::DeadlineExceeded => {
                     tracing::error!(latency_ms = ms, code = ?status.code(), error = %status.message(), "failed")
@@ -86,6 +90,11 @@ where
 
 fn unimplemented<T>(method: &'static str) -> R<T> {
     tracing::debug!(method, "unimplemented RPC called");
+    metrics::rpc(
+        method,
+        tonic::Code::Unimplemented,
+        std::time::Duration::ZERO,
+    );
     Err(status::to_status(&Error::Unimplemented(method)))
 }
 
@@ -414,27 +423,55 @@ impl RuntimeService for Cri {
     }
     async fn container_stats(
         &self,
-        _r: Request<v1::ContainerStatsRequest>,
+        r: Request<v1::ContainerStatsRequest>,
     ) -> R<v1::ContainerStatsResponse> {
-        unimplemented("ContainerStats")
+        let id = r.into_inner().container_id;
+        rpc_container("ContainerStats", &id, async {
+            let s = self.rt.stats.container(&id).await?;
+            Ok(v1::ContainerStatsResponse {
+                stats: Some(convert_stats::container_stats(&s)),
+            })
+        })
+        .await
     }
     async fn list_container_stats(
         &self,
-        _r: Request<v1::ListContainerStatsRequest>,
+        r: Request<v1::ListContainerStatsRequest>,
     ) -> R<v1::ListContainerStatsResponse> {
-        unimplemented("ListContainerStats")
+        let filter = convert_stats::container_filter(r.into_inner().filter);
+        rpc("ListContainerStats", "", async {
+            let stats = self.rt.stats.list_containers(&filter).await?;
+            Ok(v1::ListContainerStatsResponse {
+                stats: stats.iter().map(convert_stats::container_stats).collect(),
+            })
+        })
+        .await
     }
     async fn pod_sandbox_stats(
         &self,
-        _r: Request<v1::PodSandboxStatsRequest>,
+        r: Request<v1::PodSandboxStatsRequest>,
     ) -> R<v1::PodSandboxStatsResponse> {
-        unimplemented("PodSandboxStats")
+        let id = r.into_inner().pod_sandbox_id;
+        rpc("PodSandboxStats", &id, async {
+            let s = self.rt.stats.pod(&id).await?;
+            Ok(v1::PodSandboxStatsResponse {
+                stats: Some(convert_stats::pod_stats(&s)),
+            })
+        })
+        .await
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _r: Request<v1::ListPodSandboxStatsRequest>,
+        r: Request<v1::ListPodSandboxStatsRequest>,
     ) -> R<v1::ListPodSandboxStatsResponse> {
-        unimplemented("ListPodSandboxStats")
+        let filter = convert_stats::pod_filter(r.into_inner().filter);
+        rpc("ListPodSandboxStats", "", async {
+            let stats = self.rt.stats.list_pods(&filter).await?;
+            Ok(v1::ListPodSandboxStatsResponse {
+                stats: stats.iter().map(convert_stats::pod_stats).collect(),
+            })
+        })
+        .await
     }
     async fn checkpoint_container(
         &self,
@@ -481,13 +518,30 @@ impl RuntimeService for Cri {
         &self,
         _r: Request<v1::ListMetricDescriptorsRequest>,
     ) -> R<v1::ListMetricDescriptorsResponse> {
-        unimplemented("ListMetricDescriptors")
+        rpc("ListMetricDescriptors", "", async {
+            Ok(v1::ListMetricDescriptorsResponse {
+                descriptors: self
+                    .rt
+                    .stats
+                    .descriptors()
+                    .iter()
+                    .map(convert_stats::descriptor)
+                    .collect(),
+            })
+        })
+        .await
     }
     async fn list_pod_sandbox_metrics(
         &self,
         _r: Request<v1::ListPodSandboxMetricsRequest>,
     ) -> R<v1::ListPodSandboxMetricsResponse> {
-        unimplemented("ListPodSandboxMetrics")
+        rpc("ListPodSandboxMetrics", "", async {
+            let pods = self.rt.stats.pod_metrics().await?;
+            Ok(v1::ListPodSandboxMetricsResponse {
+                pod_metrics: pods.iter().map(convert_stats::pod_metrics).collect(),
+            })
+        })
+        .await
     }
 }
 

@@ -15,6 +15,7 @@ use super::content::{self, HashingFile, Paths, RemoveOnDrop};
 use super::reference::Reference;
 use super::registry::{self, Credentials, Remote};
 use crate::config::RegistryConfig;
+use crate::metrics;
 use crate::store::{CONTAINERS, IMAGES, LAYERS, Store};
 
 /// An image as recorded in the state store (key: its id, the config digest).
@@ -181,9 +182,16 @@ impl Images {
         stop: &watch::Sender<bool>,
     ) -> Result<String, ImageError> {
         let mut chain_ids = Vec::new();
+        let start = std::time::Instant::now();
         let out = self
             .pull_inner(reference, credentials, stop, &mut chain_ids)
             .await;
+        let outcome = match &out {
+            Ok(_) => metrics::PullResult::Success,
+            Err(ImageError::Cancelled { .. }) => metrics::PullResult::Cancelled,
+            Err(_) => metrics::PullResult::Failure,
+        };
+        metrics::image_pull(outcome, start.elapsed());
         if out.is_err() && !chain_ids.is_empty() {
             let _meta = self.meta.lock().await;
             let doomed = self.unused_layers(&chain_ids)?;
@@ -456,7 +464,10 @@ impl Images {
             };
             match chunk {
                 None => break,
-                Some(Ok(bytes)) => file.write(&bytes)?,
+                Some(Ok(bytes)) => {
+                    metrics::image_bytes(bytes.len());
+                    file.write(&bytes)?
+                }
                 Some(Err(e)) => {
                     // oci-client checks the digest as the stream ends (as we do after it).
                     if let Some(oci_client::errors::DigestError::VerificationError {

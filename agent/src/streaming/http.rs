@@ -282,6 +282,7 @@ fn upgrade_spdy(
             }
         }
     };
+    crate::metrics::streaming_session(pending.kind(), false);
     let mut resp = switching("SPDY/3.1");
     if let Ok(v) = HeaderValue::from_str(&protocol) {
         resp.headers_mut().insert(PROTOCOL_HEADER, v);
@@ -348,6 +349,7 @@ fn upgrade_websocket(
         .get("sec-websocket-key")
         .map(|k| derive_accept_key(k.as_bytes()))
         .unwrap_or_default();
+    crate::metrics::streaming_session(pending.kind(), true);
     let mut resp = switching("websocket");
     if let Ok(v) = HeaderValue::from_str(&key) {
         resp.headers_mut().insert("sec-websocket-accept", v);
