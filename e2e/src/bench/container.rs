@@ -1,7 +1,7 @@
 //! The container benchmark: N pods, each RunPodSandbox with the bridge CNI on a private bridge and subnet and
 //! one busybox `sleep` container (CreateContainer + StartContainer), on crius and on a private containerd +
 //! runc, in one run. Reports each RPC's latency (p50/p95/p99), the full pod start (runp + create + start),
-//! the teardown, and the memory (RSS and PSS) of each runtime's own per-pod processes and of its daemon at 0
+//! the teardown (and each of its RPCs), and the memory (RSS and PSS) of each runtime's own per-pod processes and of its daemon at 0
 //! and N pods; then checks that nothing is left: processes, mounts, cgroups, interfaces, IP reservations.
 //!
 //! Per-pod processes: crius' `crius-pause` (the pid in PodSandboxStatus' verbose info, its exe checked to be
@@ -10,11 +10,16 @@
 //! and the pause container's process (the verbose pid, a child of that shim). The workload `sleep` is not
 //! counted: it is the same busybox process on both.
 //!
-//! containerd gets what it must have on this machine ([`host`]): pods with an absolute cgroup_parent created
+//! containerd gets what it must have on this machine (`host`): pods with an absolute cgroup_parent created
 //! here in every hierarchy (v1 and the v2 tree), a memory cgroup of their own for the shims,
 //! `restrict_oom_score_adj`, and a sandbox image (busybox `sleep 2147483647`) built here and served by the
 //! local registry.
+//!
+//! Its pieces are also the CRI benchmark's ([`super::cri`]): `Shared` (the registry, the images, the host as
+//! it was), `Instance` (a runtime started with what it needs, or an endpoint already running, and the checks
+//! once it is done), `Side` (what differs between them), `start_pod`, `teardown` and `measure_pod`.
 
+mod endpoint;
 mod host;
 pub(crate) mod report;
 mod runtimes;
@@ -27,14 +32,16 @@ use anyhow::{Context, bail};
 use crius_proto::v1::runtime_service_client::RuntimeServiceClient;
 use crius_proto::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
-    PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxConfig, PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
+pub use self::endpoint::EndpointSpec;
 pub use self::report::{json, table};
-use self::runtimes::Side;
+pub(crate) use self::runtimes::{Instance, Side};
 use super::containerd;
 use super::measure;
 use crate::images::{Compression, ImageBuilder, LayerBuilder};
@@ -83,8 +90,8 @@ pub struct ContainerParams {
     pub runtimes: Vec<Runtime>,
 }
 
-/// Samples in start order: one per pod (run_pod, pod_start, teardown) or one per container (create, start,
-/// create_start).
+/// Samples in start order: one per pod (run_pod, stop_pod, remove_pod, pod_start, teardown) or one per
+/// container (create, start, create_start, stop, remove).
 #[derive(Debug, Clone, Default)]
 pub struct Latencies {
     pub run_pod: Vec<Duration>,
@@ -94,8 +101,37 @@ pub struct Latencies {
     pub create_start: Vec<Duration>,
     /// RunPodSandbox + CreateContainer + StartContainer of a pod's first container, back to back.
     pub pod_start: Vec<Duration>,
+    /// StopContainer (timeout 0).
+    pub stop: Vec<Duration>,
+    pub remove: Vec<Duration>,
+    pub stop_pod: Vec<Duration>,
+    pub remove_pod: Vec<Duration>,
     /// StopContainer (timeout 0) + RemoveContainer of each container + StopPodSandbox + RemovePodSandbox.
     pub teardown: Vec<Duration>,
+}
+
+impl Latencies {
+    /// Adds the samples of one pod's start.
+    pub(crate) fn add_start(&mut self, up: &StartTimes) {
+        self.run_pod.push(up.run_pod);
+        for (&create, &start) in up.create.iter().zip(&up.start) {
+            self.create.push(create);
+            self.start.push(start);
+            self.create_start.push(create + start);
+        }
+        self.pod_start.extend(up.pod_start());
+    }
+
+    /// Adds the samples of one pod's teardown.
+    pub(crate) fn add_teardown(&mut self, down: &TeardownTimes) {
+        self.stop.extend(&down.stop);
+        self.remove.extend(&down.remove);
+        self.stop_pod.push(down.stop_pod);
+        self.remove_pod.push(down.remove_pod);
+        let containers: Duration = down.stop.iter().chain(&down.remove).sum();
+        self.teardown
+            .push(containers + down.stop_pod + down.remove_pod);
+    }
 }
 
 /// Memory of one process.
@@ -107,7 +143,7 @@ pub struct Mem {
 }
 
 impl Mem {
-    fn of(pid: i32) -> anyhow::Result<Mem> {
+    pub fn of(pid: i32) -> anyhow::Result<Mem> {
         let rss_kib = measure::sample(pid)?.rss_kib;
         let pss_kib = measure::pss_kib(pid).with_context(|| format!("no PSS for pid {pid}"))?;
         Ok(Mem {
@@ -127,6 +163,16 @@ pub struct PodProcesses {
     pub helper: Mem,
     /// The workload (`sleep`, one per container), not counted; the pids are for the leak check.
     pub container_pids: Vec<i32>,
+}
+
+impl PodProcesses {
+    /// Every pid recorded: pause, monitor or shim, the containers (for the checks that they are gone).
+    pub fn pids(&self) -> Vec<i32> {
+        [self.pause.pid, self.helper.pid]
+            .into_iter()
+            .chain(self.container_pids.iter().copied())
+            .collect()
+    }
 }
 
 /// Everything measured on one runtime.
@@ -178,13 +224,58 @@ impl Report {
 }
 
 /// What every runtime's run shares: the images, and the host as it was before.
-struct Shared {
-    registry: Registry,
-    image: String,
-    pause_image: String,
-    hierarchies: Vec<host::Hierarchy>,
-    own_cgroups: Vec<PathBuf>,
+pub(crate) struct Shared {
+    pub(crate) registry: Registry,
+    /// The workload image (busybox, `sleep 3600`) in the registry.
+    pub(crate) image: String,
+    /// containerd's sandbox image.
+    pub(crate) pause_image: String,
+    pub(crate) hierarchies: Vec<host::Hierarchy>,
+    pub(crate) own_cgroups: Vec<PathBuf>,
     own_before: BTreeSet<PathBuf>,
+}
+
+impl Shared {
+    /// Starts the local registry, pushes the images and records this process' own cgroups as they are.
+    pub(crate) fn prepare() -> anyhow::Result<Shared> {
+        // Shims, monitors and pauses orphaned on an error path must re-parent to us (PID 1 here does not reap).
+        reaper::install();
+        let hierarchies = host::hierarchies();
+        let own_cgroups = host::own_cgroup_dirs(&hierarchies);
+        let shared = Shared {
+            registry: Registry::try_start(None).context("cannot start docker-registry")?,
+            image: String::new(),
+            pause_image: String::new(),
+            own_before: host::tree(&own_cgroups),
+            own_cgroups,
+            hierarchies,
+        };
+        push_images(shared)
+    }
+
+    /// The directories that appeared or went below this process' own cgroups since [`Shared::prepare`].
+    pub(crate) fn own_changes(&self) -> Vec<PathBuf> {
+        host::tree(&self.own_cgroups)
+            .symmetric_difference(&self.own_before)
+            .cloned()
+            .collect()
+    }
+
+    /// What is left on the host once every runtime is gone: top-level cgroups named after this process,
+    /// changes below our own cgroups.
+    pub(crate) fn left(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let pid = std::process::id();
+        for prefix in [format!("crius-bench-{pid}-"), format!("crius-e2e-{pid}-")] {
+            for d in host::top_level_named(&self.hierarchies, &prefix) {
+                left.push(format!("cgroup left: {}", d.display()));
+            }
+        }
+        for d in self.own_changes() {
+            left.push(format!("changed below our own cgroup: {}", d.display()));
+        }
+        left
+    }
 }
 
 /// Runs every runtime in turn, each on a fresh instance, and checks the host after each.
@@ -192,19 +283,7 @@ pub async fn run(params: &ContainerParams) -> anyhow::Result<Report> {
     if params.pods == 0 || params.containers == 0 || params.runtimes.is_empty() {
         bail!("need at least one pod, one container per pod and one runtime");
     }
-    // Shims, monitors and pauses orphaned on an error path must re-parent to us (PID 1 here does not reap).
-    reaper::install();
-    let hierarchies = host::hierarchies();
-    let own_cgroups = host::own_cgroup_dirs(&hierarchies);
-    let shared = Shared {
-        registry: Registry::try_start(None).context("cannot start docker-registry")?,
-        image: String::new(),
-        pause_image: String::new(),
-        own_before: host::tree(&own_cgroups),
-        own_cgroups,
-        hierarchies,
-    };
-    let shared = push_images(shared)?;
+    let shared = Shared::prepare()?;
     let mut runs = Vec::new();
     for &runtime in &params.runtimes {
         eprintln!(
@@ -213,31 +292,22 @@ pub async fn run(params: &ContainerParams) -> anyhow::Result<Report> {
             params.pods,
             params.containers
         );
-        let run = match runtime {
-            Runtime::Crius => runtimes::run_crius(&shared, params).await,
-            Runtime::Containerd => runtimes::run_containerd(&shared, params).await,
-        }
-        .with_context(|| format!("{} container benchmark", runtime.name()))?;
+        let instance = Instance::start(&shared, runtime).await?;
+        let mut run = drive(&instance.side(), instance.channel(), &shared, params)
+            .await
+            .with_context(|| instance.log())
+            .with_context(|| format!("{} container benchmark", runtime.name()))?;
+        let recorded: Vec<i32> = run.pods.iter().flat_map(PodProcesses::pids).collect();
+        run.problems.extend(instance.finish(&recorded).await);
         runs.push(run);
-    }
-    let mut left = Vec::new();
-    let pid = std::process::id();
-    for prefix in [format!("crius-bench-{pid}-"), format!("crius-e2e-{pid}-")] {
-        for d in host::top_level_named(&shared.hierarchies, &prefix) {
-            left.push(format!("cgroup left: {}", d.display()));
-        }
-    }
-    let own_after = host::tree(&shared.own_cgroups);
-    for d in own_after.symmetric_difference(&shared.own_before) {
-        left.push(format!("changed below our own cgroup: {}", d.display()));
     }
     Ok(Report {
         pods: params.pods,
         containers: params.containers,
-        bench_pid: pid,
+        bench_pid: std::process::id(),
         runs,
         own_cgroups: shared.own_cgroups.clone(),
-        left,
+        left: shared.left(),
     })
 }
 
@@ -282,6 +352,7 @@ fn conflist(name: &str, bridge: &str, subnet: &str, gateway: &str, ipam_dir: &st
     .to_string()
 }
 
+/// PullImage, not timed.
 async fn pull(channel: Channel, image: &str) -> anyhow::Result<()> {
     client::images(channel)
         .pull_image(PullImageRequest {
@@ -300,9 +371,251 @@ fn spec(image: &str) -> ImageSpec {
     }
 }
 
-struct Started {
-    pod_id: String,
-    container_ids: Vec<String>,
+/// A pod the benchmark started: what to tear down.
+#[derive(Debug, Clone)]
+pub(crate) struct Started {
+    pub(crate) pod_id: String,
+    pub(crate) container_ids: Vec<String>,
+}
+
+/// The RPC latencies of one pod start.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StartTimes {
+    pub(crate) run_pod: Duration,
+    /// CreateContainer and StartContainer of each container, in turn.
+    pub(crate) create: Vec<Duration>,
+    pub(crate) start: Vec<Duration>,
+}
+
+impl StartTimes {
+    /// RunPodSandbox + CreateContainer + StartContainer of the first container: what kubelet waits for
+    /// before the pod runs.
+    pub(crate) fn pod_start(&self) -> Option<Duration> {
+        Some(self.run_pod + *self.create.first()? + *self.start.first()?)
+    }
+}
+
+/// What [`start_pod`] made and measured; on an error, what it made before it (to tear down).
+pub(crate) struct PodStart {
+    pub(crate) made: Option<Started>,
+    pub(crate) result: anyhow::Result<StartTimes>,
+}
+
+/// RunPodSandbox with `config`, then CreateContainer + StartContainer of `containers` busybox `sleep`s, one
+/// after the other. Stops at the first error.
+pub(crate) async fn start_pod(
+    mut rt: RuntimeServiceClient<Channel>,
+    config: PodSandboxConfig,
+    image: &str,
+    containers: usize,
+) -> PodStart {
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let t0 = Instant::now();
+    let request = RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    };
+    let pod_id = match rt.run_pod_sandbox(request).await {
+        Ok(r) => r.into_inner().pod_sandbox_id,
+        Err(e) => {
+            return PodStart {
+                made: None,
+                result: Err(anyhow::Error::new(e).context(format!("RunPodSandbox {name}"))),
+            };
+        }
+    };
+    let mut times = StartTimes {
+        run_pod: t0.elapsed(),
+        ..Default::default()
+    };
+    let mut made = Started {
+        pod_id,
+        container_ids: Vec::new(),
+    };
+    for k in 0..containers {
+        let container = sleep_container(image, k);
+        let pod_id = made.pod_id.clone();
+        let r = create_and_start(
+            &mut rt,
+            &pod_id,
+            &config,
+            container,
+            &mut made.container_ids,
+        );
+        match r.await {
+            Ok((create, start)) => {
+                times.create.push(create);
+                times.start.push(start);
+            }
+            Err(e) => {
+                return PodStart {
+                    made: Some(made),
+                    result: Err(e.context(format!("container {k} of pod {name}"))),
+                };
+            }
+        }
+    }
+    PodStart {
+        made: Some(made),
+        result: Ok(times),
+    }
+}
+
+/// CreateContainer then StartContainer; the id goes into `created` as soon as it exists (so a failed start
+/// still leaves it to remove). Returns both latencies.
+pub(crate) async fn create_and_start(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod_id: &str,
+    sandbox: &PodSandboxConfig,
+    config: ContainerConfig,
+    created: &mut Vec<String>,
+) -> anyhow::Result<(Duration, Duration)> {
+    let t0 = Instant::now();
+    let container_id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            config: Some(config),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .context("CreateContainer")?
+        .into_inner()
+        .container_id;
+    let t1 = Instant::now();
+    created.push(container_id.clone());
+    rt.start_container(StartContainerRequest { container_id })
+        .await
+        .context("StartContainer")?;
+    Ok((t1 - t0, t1.elapsed()))
+}
+
+/// The RPC latencies of one pod's teardown.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TeardownTimes {
+    /// StopContainer and RemoveContainer of each container, in turn.
+    pub(crate) stop: Vec<Duration>,
+    pub(crate) remove: Vec<Duration>,
+    pub(crate) stop_pod: Duration,
+    pub(crate) remove_pod: Duration,
+}
+
+/// StopContainer (timeout 0) + RemoveContainer of each container, then StopPodSandbox + RemovePodSandbox.
+pub(crate) async fn teardown(
+    rt: &mut RuntimeServiceClient<Channel>,
+    s: &Started,
+) -> anyhow::Result<TeardownTimes> {
+    let mut times = TeardownTimes::default();
+    for id in &s.container_ids {
+        let (stop, remove) = stop_and_remove(rt, id).await?;
+        times.stop.push(stop);
+        times.remove.push(remove);
+    }
+    let t0 = Instant::now();
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: s.pod_id.clone(),
+    })
+    .await
+    .context("StopPodSandbox")?;
+    let t1 = Instant::now();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: s.pod_id.clone(),
+    })
+    .await
+    .context("RemovePodSandbox")?;
+    times.stop_pod = t1 - t0;
+    times.remove_pod = t1.elapsed();
+    Ok(times)
+}
+
+/// StopContainer (timeout 0: SIGKILL) then RemoveContainer; returns both latencies.
+pub(crate) async fn stop_and_remove(
+    rt: &mut RuntimeServiceClient<Channel>,
+    container_id: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let t0 = Instant::now();
+    rt.stop_container(StopContainerRequest {
+        container_id: container_id.to_string(),
+        timeout: 0,
+    })
+    .await
+    .with_context(|| format!("StopContainer {container_id}"))?;
+    let t1 = Instant::now();
+    rt.remove_container(RemoveContainerRequest {
+        container_id: container_id.to_string(),
+    })
+    .await
+    .with_context(|| format!("RemoveContainer {container_id}"))?;
+    Ok((t1 - t0, t1.elapsed()))
+}
+
+/// The runtime's own processes of a running pod (the pause from its verbose status, the monitor or shim)
+/// and its containers' pids, with the placement rules they break.
+pub(crate) async fn measure_pod(
+    side: &Side<'_>,
+    rt: &mut RuntimeServiceClient<Channel>,
+    shared: &Shared,
+    s: &Started,
+) -> anyhow::Result<(PodProcesses, Vec<String>)> {
+    let status = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: s.pod_id.clone(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    let pause =
+        verbose_pid(&status.info).with_context(|| format!("no pause pid for pod {}", s.pod_id))?;
+    let mut container_pids = Vec::new();
+    for id in &s.container_ids {
+        let status = rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: true,
+            })
+            .await?
+            .into_inner();
+        container_pids
+            .push(verbose_pid(&status.info).with_context(|| format!("no pid for container {id}"))?);
+    }
+    let helper = side.helper(&s.pod_id, pause)?;
+    let p = PodProcesses {
+        pod_id: s.pod_id.clone(),
+        pause: Mem::of(pause)?,
+        helper: Mem::of(helper)?,
+        container_pids,
+    };
+    let problems = side.cgroup_problems(shared, &p);
+    Ok((p, problems))
+}
+
+/// Where `first`'s processes live (`/proc/<pid>/cgroup`) and which cgroup dirs the pods made, for the report.
+pub(crate) fn cgroup_report(
+    side: &Side<'_>,
+    shared: &Shared,
+    first: Option<&PodProcesses>,
+) -> Vec<String> {
+    let mut cgroups = Vec::new();
+    if let Some(p) = first {
+        let own = [("pause", p.pause.pid), (side.helper_name(), p.helper.pid)];
+        let workload = p
+            .container_pids
+            .iter()
+            .take(1)
+            .map(|&pid| ("container", pid));
+        for (what, pid) in own.into_iter().chain(workload) {
+            cgroups.extend(
+                host::cgroups_of(pid)
+                    .into_iter()
+                    .map(|l| format!("{what} {pid}: {l}")),
+            );
+        }
+    }
+    cgroups.extend(side.cgroup_summary(shared));
+    cgroups
 }
 
 /// Starts the pods one after the other (each with its containers one after the other), measures, tears them
@@ -314,132 +627,50 @@ async fn drive(
     params: &ContainerParams,
 ) -> anyhow::Result<RuntimeRun> {
     let pods = params.pods;
+    let runtime = side
+        .runtime()
+        .context("the container benchmark runs the runtimes it starts")?;
     let mut rt = client::runtime(channel);
-    let daemon = side.daemon_pid()?;
+    let daemon = side.daemon_pid().context("the daemon is not running")?;
     let daemon_idle = Mem::of(daemon)?;
     let mut lat = Latencies::default();
     let mut started = Vec::new();
     for i in 0..pods {
-        let config = side.pod_config(i);
-        let t0 = Instant::now();
-        let pod_id = rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .with_context(|| format!("RunPodSandbox bench{i}"))?
-            .into_inner()
-            .pod_sandbox_id;
-        lat.run_pod.push(t0.elapsed());
-        let mut container_ids = Vec::new();
-        for k in 0..params.containers {
-            let t1 = Instant::now();
-            let container_id = rt
-                .create_container(CreateContainerRequest {
-                    pod_sandbox_id: pod_id.clone(),
-                    config: Some(sleep_container(&shared.image, k)),
-                    sandbox_config: Some(config.clone()),
-                })
-                .await
-                .with_context(|| format!("CreateContainer {k} in bench{i}"))?
-                .into_inner()
-                .container_id;
-            let t2 = Instant::now();
-            rt.start_container(StartContainerRequest {
-                container_id: container_id.clone(),
-            })
-            .await
-            .with_context(|| format!("StartContainer {k} in bench{i}"))?;
-            let t3 = Instant::now();
-            lat.create.push(t2 - t1);
-            lat.start.push(t3 - t2);
-            lat.create_start.push(t3 - t1);
-            if k == 0 {
-                lat.pod_start.push(t3 - t0);
-            }
-            container_ids.push(container_id);
-        }
-        started.push(Started {
-            pod_id,
-            container_ids,
-        });
+        let PodStart { made, result } = start_pod(
+            rt.clone(),
+            side.pod_config(i),
+            &shared.image,
+            params.containers,
+        )
+        .await;
+        lat.add_start(&result?);
+        started.extend(made);
     }
     // Let the daemons' background work after the last start (event handling, GC of buffers) settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut procs = Vec::new();
     let mut problems = Vec::new();
     for s in &started {
-        let pause = verbose_pid(
-            &rt.pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: s.pod_id.clone(),
-                verbose: true,
-            })
-            .await?
-            .into_inner()
-            .info,
-        )
-        .with_context(|| format!("no pause pid for pod {}", s.pod_id))?;
-        let mut container_pids = Vec::new();
-        for id in &s.container_ids {
-            let status = rt
-                .container_status(ContainerStatusRequest {
-                    container_id: id.clone(),
-                    verbose: true,
-                })
-                .await?
-                .into_inner();
-            container_pids.push(
-                verbose_pid(&status.info).with_context(|| format!("no pid for container {id}"))?,
-            );
-        }
-        let helper = side.helper(&s.pod_id, pause)?;
-        let p = PodProcesses {
-            pod_id: s.pod_id.clone(),
-            pause: Mem::of(pause)?,
-            helper: Mem::of(helper)?,
-            container_pids,
-        };
-        problems.extend(side.cgroup_problems(shared, &p));
+        let (p, broken) = measure_pod(side, &mut rt, shared, s).await?;
+        problems.extend(broken);
         procs.push(p);
     }
     let daemon_loaded = Mem::of(daemon)?;
-    let mut cgroups = Vec::new();
-    if let Some(p) = procs.first() {
-        let first = [
-            ("pause", p.pause.pid),
-            (side.runtime().helper(), p.helper.pid),
-        ];
-        let workload = p
-            .container_pids
-            .iter()
-            .take(1)
-            .map(|&pid| ("container", pid));
-        for (what, pid) in first.into_iter().chain(workload) {
-            cgroups.extend(
-                host::cgroups_of(pid)
-                    .into_iter()
-                    .map(|l| format!("{what} {pid}: {l}")),
-            );
-        }
-    }
-    cgroups.extend(side.cgroup_summary(shared));
-    let own_now = host::tree(&shared.own_cgroups);
-    for d in own_now.symmetric_difference(&shared.own_before) {
+    let cgroups = cgroup_report(side, shared, procs.first());
+    for d in shared.own_changes() {
         problems.push(format!(
             "with {pods} pods, changed below our own cgroup: {}",
             d.display()
         ));
     }
     for s in &started {
-        let t0 = Instant::now();
-        teardown(&mut rt, s)
+        let down = teardown(&mut rt, s)
             .await
             .with_context(|| format!("teardown of pod {}", s.pod_id))?;
-        lat.teardown.push(t0.elapsed());
+        lat.add_teardown(&down);
     }
     Ok(RuntimeRun {
-        runtime: side.runtime(),
+        runtime,
         bridge: side.bridge().to_string(),
         latencies: lat,
         daemon_idle,
@@ -450,31 +681,8 @@ async fn drive(
     })
 }
 
-async fn teardown(rt: &mut RuntimeServiceClient<Channel>, s: &Started) -> anyhow::Result<()> {
-    for id in &s.container_ids {
-        rt.stop_container(StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 0,
-        })
-        .await?;
-        rt.remove_container(RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
-    }
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: s.pod_id.clone(),
-    })
-    .await?;
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: s.pod_id.clone(),
-    })
-    .await?;
-    Ok(())
-}
-
 /// The `k`th container of a pod: `sleep`, `sleep-1`, ...
-fn sleep_container(image: &str, k: usize) -> ContainerConfig {
+pub(crate) fn sleep_container(image: &str, k: usize) -> ContainerConfig {
     let name = if k == 0 {
         "sleep".to_string()
     } else {

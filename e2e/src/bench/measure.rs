@@ -67,6 +67,13 @@ pub fn pss_kib(pid: i32) -> Option<u64> {
     status_kib(&text, "Pss:")
 }
 
+/// The descriptors `pid` holds open (`/proc/<pid>/fd`).
+pub fn fd_count(pid: i32) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("process {pid} is gone"))?
+        .count())
+}
+
 /// What one command used, start to exit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Usage {
@@ -151,5 +158,7 @@ mod tests {
         let s = sample(std::process::id() as i32).unwrap();
         assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib, "{s:?}");
         assert!(pss_kib(std::process::id() as i32).unwrap() > 0);
+        // The directory being read is open at least.
+        assert!(fd_count(std::process::id() as i32).unwrap() > 0);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod container;
 pub mod containerd;
+pub mod cri;
 pub mod measure;
 pub mod pull;
 pub mod streaming;

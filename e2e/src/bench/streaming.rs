@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use super::container::report::percentile;
-use super::measure;
+use super::measure::{self, fd_count};
 use crate::containers::{Fixture, busybox_image};
 use crate::v1;
 use crate::ws_client::{self, V4, V5};
@@ -38,12 +38,6 @@ pub struct StreamingReport {
     pub helpers_left: Vec<i32>,
     /// Sessions whose output or status was wrong.
     pub failures: Vec<String>,
-}
-
-fn fd_count(pid: i32) -> anyhow::Result<usize> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .with_context(|| format!("process {pid} is gone"))?
-        .count())
 }
 
 /// Live processes running `monitor exec ...`.

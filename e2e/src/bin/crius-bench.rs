@@ -5,17 +5,21 @@
 //! crius-bench pull [--sizes 50,200] [--layers 5] [--runs 3] [--tools crius,containerd,skopeo] [--json FILE]
 //! crius-bench container [--pods 10] [--containers 1] [--runtimes crius,containerd] [--json FILE]
 //! crius-bench streaming [--sessions 1000] [--concurrency 1] [--json FILE]
+//! crius-bench cri [--runtimes crius,containerd] [--endpoint [NAME=]unix:///PATH ...] [--pid [NAME=]PID ...]
+//!     [--image REF] [--samples 50] [--pods 110] [--batch 10] [--churn 1000] [--churn-kind container|pod]
+//!     [--json FILE]
 //! ```
 //! The crius binary is the harness' (`$CRIUS_BIN`, else `target/debug/crius`; `make bench` uses the release
 //! build). Run as root: crius needs it, and so does containerd. `container` runs crius with `RUST_LOG=warn`
-//! unless RUST_LOG is set (the harness would otherwise turn on crius' debug logs; containerd logs at warn).
+//! unless RUST_LOG is set (the harness would otherwise turn on crius' debug logs; containerd logs at warn); so do
+//! `cri` and `streaming`.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use crius_e2e::bench::{container, measure, pull, streaming};
+use crius_e2e::bench::{container, cri, measure, pull, streaming};
 
 #[derive(Parser)]
 #[command(name = "crius-bench", about = "crius vs containerd, side by side")]
@@ -72,6 +76,41 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// kubelet's view of a runtime: pod and container RPC latencies, density (110 pods started 10 at a time,
+    /// the runtime's memory at 0, 1, 10 and 110 pods), churn (descriptors and RSS before and after); on crius
+    /// and a private containerd started side by side, or on CRI endpoints already running.
+    Cri {
+        /// Runtimes to start: crius, containerd (default both; none when --endpoint is given).
+        #[arg(long, value_delimiter = ',')]
+        runtimes: Option<Vec<String>>,
+        /// A CRI endpoint already running, `[NAME=]unix:///PATH` (repeatable): driven, never started or stopped.
+        #[arg(long)]
+        endpoint: Vec<String>,
+        /// An endpoint's daemon pid, `[NAME=]PID` (repeatable), to measure its memory and descriptors.
+        #[arg(long)]
+        pid: Vec<String>,
+        /// The workload image for the endpoints (a busybox with `sleep`); default: the local registry's.
+        #[arg(long)]
+        image: Option<String>,
+        /// Pods started one after the other for the RPC latencies.
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
+        /// Pods in the density phase.
+        #[arg(long, default_value_t = 110)]
+        pods: usize,
+        /// Pods started (and torn down) at a time in the density phase.
+        #[arg(long, default_value_t = 10)]
+        batch: usize,
+        /// Churn cycles.
+        #[arg(long, default_value_t = 1000)]
+        churn: usize,
+        /// What a churn cycle is: `container` (create+start+stop+rm in one pod) or `pod`.
+        #[arg(long, default_value = "container")]
+        churn_kind: String,
+        /// Also write the results as JSON to this file (`-` for stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Run a command as this process' only child and print its wall time, CPU time and peak RSS as JSON.
     #[command(hide = true)]
     Rusage {
@@ -118,15 +157,61 @@ fn main() -> anyhow::Result<()> {
                 sessions,
                 concurrency,
             };
-            let rt = tokio::runtime::Runtime::new()?;
-            let report = rt.block_on(streaming::run(&params))?;
-            print!("{}", report.table());
-            write_json(json, &report.json())?;
+            let report = tokio::runtime::Runtime::new()?.block_on(streaming::run(&params))?;
             let problems = report.problems();
-            if !problems.is_empty() {
-                bail!("streaming problems:\n  {}", problems.join("\n  "));
+            publish(
+                &report.table(),
+                json,
+                &report.json(),
+                problems,
+                "streaming problems",
+            )
+        }
+        Cmd::Cri {
+            runtimes,
+            endpoint,
+            pid,
+            image,
+            samples,
+            pods,
+            batch,
+            churn,
+            churn_kind,
+            json,
+        } => {
+            quiet_children()?;
+            let default = if endpoint.is_empty() {
+                vec!["crius".to_string(), "containerd".to_string()]
+            } else {
+                Vec::new()
+            };
+            let runtimes = runtimes
+                .unwrap_or(default)
+                .iter()
+                .map(|r| container::Runtime::parse(r))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut endpoints = endpoint
+                .iter()
+                .enumerate()
+                .map(|(n, e)| container::EndpointSpec::parse(e, n + 1))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            container::EndpointSpec::assign_pids(&mut endpoints, &pid)?;
+            for e in &mut endpoints {
+                e.image.clone_from(&image);
             }
-            Ok(())
+            let params = cri::CriParams {
+                runtimes,
+                endpoints,
+                samples,
+                pods,
+                batch,
+                churn,
+                churn_kind: cri::ChurnKind::parse(&churn_kind)?,
+            };
+            let report = tokio::runtime::Runtime::new()?.block_on(cri::run(&params))?;
+            let (table, value) = (cri::table(&report), cri::json(&report));
+            let what = "left behind, misplaced or leaked";
+            publish(&table, json, &value, report.problems(), what)
         }
         Cmd::Container {
             pods,
@@ -144,15 +229,15 @@ fn main() -> anyhow::Result<()> {
                 containers,
                 runtimes,
             };
-            let rt = tokio::runtime::Runtime::new()?;
-            let report = rt.block_on(container::run(&params))?;
-            print!("{}", container::table(&report));
-            write_json(json, &container::json(&report))?;
-            let problems = report.problems();
-            if !problems.is_empty() {
-                bail!("left behind or misplaced:\n  {}", problems.join("\n  "));
-            }
-            Ok(())
+            let report = tokio::runtime::Runtime::new()?.block_on(container::run(&params))?;
+            let (table, value) = (container::table(&report), container::json(&report));
+            publish(
+                &table,
+                json,
+                &value,
+                report.problems(),
+                "left behind or misplaced",
+            )
         }
     }
 }
@@ -166,6 +251,22 @@ fn quiet_children() -> anyhow::Result<()> {
             .env("RUST_LOG", "warn")
             .exec();
         return Err(err).context("cannot run myself again with RUST_LOG=warn");
+    }
+    Ok(())
+}
+
+/// Prints the table, writes the JSON, then fails listing the `problems` (under `what`) if there are any.
+fn publish(
+    table: &str,
+    json: Option<PathBuf>,
+    value: &serde_json::Value,
+    problems: Vec<String>,
+    what: &str,
+) -> anyhow::Result<()> {
+    print!("{table}");
+    write_json(json, value)?;
+    if !problems.is_empty() {
+        bail!("{what}:\n  {}", problems.join("\n  "));
     }
     Ok(())
 }

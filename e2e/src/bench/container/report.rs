@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Mem, Report, Runtime, RuntimeRun};
+use super::{Latencies, Mem, Report, Runtime, RuntimeRun};
 
 /// The `p`th percentile of `samples` (nearest rank: the smallest sample with at least p% of them at or
 /// below it). With 10 samples p95 and p99 are both the largest.
@@ -27,15 +27,18 @@ fn mean(values: impl Iterator<Item = u64>) -> f64 {
     }
 }
 
-/// The latency series of a run: (JSON key, table label, samples).
-fn series(r: &RuntimeRun) -> [(&'static str, &'static str, &[Duration]); 6] {
-    let l = &r.latencies;
+/// The latency series: (JSON key, table label, samples).
+pub(crate) fn series(l: &Latencies) -> [(&'static str, &'static str, &[Duration]); 10] {
     [
         ("run_pod_sandbox", "RunPodSandbox", &l.run_pod),
         ("create_container", "CreateContainer", &l.create),
         ("start_container", "StartContainer", &l.start),
         ("create_start", "create+start", &l.create_start),
         ("pod_start", "pod start (runp+create+start)", &l.pod_start),
+        ("stop_container", "StopContainer (timeout 0)", &l.stop),
+        ("remove_container", "RemoveContainer", &l.remove),
+        ("stop_pod_sandbox", "StopPodSandbox", &l.stop_pod),
+        ("remove_pod_sandbox", "RemovePodSandbox", &l.remove_pod),
         (
             "teardown",
             "teardown (stop+rm ctr, stop+rm pod)",
@@ -109,7 +112,7 @@ fn memory(r: &RuntimeRun) -> Vec<(&'static str, String, f64)> {
 /// Every figure of a run: (JSON key, table label, value, unit decimals).
 fn figures(r: &RuntimeRun) -> Vec<(String, String, f64, usize)> {
     let mut out = Vec::new();
-    for (key, label, samples) in series(r) {
+    for (key, label, samples) in series(&r.latencies) {
         for p in [50.0, 95.0, 99.0] {
             out.push((
                 format!("{key}_p{p}_ms"),
@@ -125,53 +128,107 @@ fn figures(r: &RuntimeRun) -> Vec<(String, String, f64, usize)> {
     out
 }
 
+/// One row of a side-by-side table: a value per run (`None`: not measured there).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Figure {
+    /// Its key in the JSON.
+    pub(crate) key: String,
+    pub(crate) label: String,
+    pub(crate) values: Vec<Option<f64>>,
+    /// Decimals shown in the table.
+    pub(crate) decimals: usize,
+}
+
+impl Figure {
+    /// The first run's value over the second's, when both were measured and the second is not zero.
+    pub(crate) fn ratio(&self) -> Option<f64> {
+        match self.values.as_slice() {
+            [Some(a), Some(b), ..] if *b != 0.0 => Some(a / b),
+            _ => None,
+        }
+    }
+}
+
+/// Rows of `figures` under a header of run `names`, and a ratio column (first run / second) when there are
+/// two runs or more.
+pub(crate) fn side_by_side(names: &[&str], figures: &[Figure]) -> String {
+    let label_width = figures
+        .iter()
+        .map(|f| f.label.len())
+        .chain([6])
+        .max()
+        .unwrap_or(6)
+        + 2;
+    let widths: Vec<usize> = names.iter().map(|n| n.len().max(9) + 1).collect();
+    let with_ratio = names.len() >= 2;
+    let mut out = format!("{:<label_width$}", "figure");
+    for (name, w) in names.iter().zip(&widths) {
+        out.push_str(&format!(" {name:>w$}"));
+    }
+    if with_ratio {
+        out.push_str(&format!(" {:>7}", "ratio"));
+    }
+    out.push('\n');
+    for f in figures {
+        out.push_str(&format!("{:<label_width$}", f.label));
+        for (k, w) in widths.iter().enumerate() {
+            let cell = match f.values.get(k).copied().flatten() {
+                Some(v) => format!("{v:.d$}", d = f.decimals),
+                None => "-".into(),
+            };
+            out.push_str(&format!(" {cell:>w$}"));
+        }
+        if with_ratio {
+            let ratio = f.ratio().map_or("-".into(), |r| format!("{r:.2}"));
+            out.push_str(&format!(" {ratio:>7}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The ratios (first run / second) of `figures`, by key.
+pub(crate) fn ratios(figures: &[Figure]) -> serde_json::Map<String, Value> {
+    figures
+        .iter()
+        .filter_map(|f| Some((f.key.clone(), json!(f.ratio()?))))
+        .collect()
+}
+
+/// The figures of crius and containerd side by side (a column for each that ran).
+fn both(report: &Report) -> (Vec<&'static str>, Vec<Figure>) {
+    let runs: Vec<&RuntimeRun> = [Runtime::Crius, Runtime::Containerd]
+        .iter()
+        .filter_map(|&rt| report.runs.iter().find(|r| r.runtime == rt))
+        .collect();
+    let names = runs.iter().map(|r| r.runtime.name()).collect();
+    let per_run: Vec<_> = runs.iter().map(|r| figures(r)).collect();
+    let rows = per_run.first().map(Vec::len).unwrap_or(0);
+    let merged = (0..rows)
+        .map(|i| {
+            let (key, label, _, decimals) = per_run[0][i].clone();
+            Figure {
+                key,
+                label,
+                values: per_run.iter().map(|f| Some(f[i].2)).collect(),
+                decimals,
+            }
+        })
+        .collect();
+    (names, merged)
+}
+
 /// The table: one row per figure, a column per runtime, and crius/containerd when both ran.
 pub fn table(report: &Report) -> String {
-    let crius = report.runs.iter().find(|r| r.runtime == Runtime::Crius);
-    let containerd = report
-        .runs
-        .iter()
-        .find(|r| r.runtime == Runtime::Containerd);
-    let (a, b) = (crius.map(figures), containerd.map(figures));
-    let rows = a.as_ref().or(b.as_ref()).map(Vec::len).unwrap_or(0);
+    let (names, figures) = both(report);
     let mut out = format!(
-        "{} pods (N) of {} busybox sleep containers each: {} container samples, {} pod samples\n\
-         {:<44} {:>10} {:>11} {:>8}\n",
+        "{} pods (N) of {} busybox sleep containers each: {} container samples, {} pod samples\n",
         report.pods,
         report.containers,
         report.pods * report.containers,
         report.pods,
-        "figure",
-        "crius",
-        "containerd",
-        "ratio"
     );
-    for i in 0..rows {
-        let cell = |f: &Option<Vec<(String, String, f64, usize)>>| {
-            f.as_ref().map(|f| (f[i].1.clone(), f[i].2, f[i].3))
-        };
-        let (x, y) = (cell(&a), cell(&b));
-        let label = x
-            .as_ref()
-            .or(y.as_ref())
-            .map(|c| c.0.clone())
-            .unwrap_or_default();
-        let show = |c: &Option<(String, f64, usize)>| match c {
-            Some((_, v, d)) => format!("{v:.d$}", d = *d),
-            None => "-".into(),
-        };
-        let ratio = match (&x, &y) {
-            (Some((_, cv, _)), Some((_, dv, _))) if *dv > 0.0 => format!("{:.2}", cv / dv),
-            _ => "-".into(),
-        };
-        out.push_str(&format!(
-            "{:<44} {:>10} {:>11} {:>8}\n",
-            label,
-            show(&x),
-            show(&y),
-            ratio
-        ));
-    }
+    out.push_str(&side_by_side(&names, &figures));
     out.push_str(
         "ratio is crius / containerd (below 1: crius is faster or smaller); monitor|shim is crius-monitor or \
          containerd-shim-runc-v2\n",
@@ -184,7 +241,7 @@ fn mem_json(m: &Mem) -> Value {
 }
 
 fn run_json(r: &RuntimeRun) -> Value {
-    let latency: serde_json::Map<String, Value> = series(r)
+    let latency: serde_json::Map<String, Value> = series(&r.latencies)
         .iter()
         .map(|(key, _, samples)| {
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -224,19 +281,12 @@ fn run_json(r: &RuntimeRun) -> Value {
 
 /// The report as JSON: every sample and figure per runtime, the crius/containerd ratios, the host check.
 pub fn json(report: &Report) -> Value {
-    let crius = report.runs.iter().find(|r| r.runtime == Runtime::Crius);
-    let containerd = report
-        .runs
-        .iter()
-        .find(|r| r.runtime == Runtime::Containerd);
-    let mut ratios = serde_json::Map::new();
-    if let (Some(a), Some(b)) = (crius, containerd) {
-        for (x, y) in figures(a).into_iter().zip(figures(b)) {
-            if y.2 > 0.0 {
-                ratios.insert(x.0, json!(x.2 / y.2));
-            }
-        }
-    }
+    let (names, figures) = both(report);
+    let ratios = if names == [Runtime::Crius.name(), Runtime::Containerd.name()] {
+        ratios(&figures)
+    } else {
+        serde_json::Map::new()
+    };
     json!({ "container": {
         "pods": report.pods,
         "containers_per_pod": report.containers,
@@ -251,7 +301,7 @@ pub fn json(report: &Report) -> Value {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::{Latencies, PodProcesses};
+    use super::super::PodProcesses;
     use super::*;
 
     fn ms(v: &[u64]) -> Vec<Duration> {
@@ -284,6 +334,7 @@ mod tests {
                 create_start: ms(&[2 * lat]),
                 pod_start: ms(&[3 * lat]),
                 teardown: ms(&[lat]),
+                ..Default::default()
             },
             daemon_idle: m(1),
             daemon_loaded: m(1),

@@ -1,27 +1,96 @@
 //! What differs between the runtimes: starting each with what it needs (crius through the harness;
-//! containerd with the cgroups, network and images made for it), finding its per-pod processes, checking where
-//! they live, and what each may leave behind.
+//! containerd with the cgroups, network and images made for it; an endpoint as it is), finding its per-pod
+//! processes, checking where they live, and what each may leave behind.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use crius_proto::v1::runtime_service_client::RuntimeServiceClient;
 use crius_proto::v1::{
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
-    ListPodSandboxRequest, NamespaceMode, PodSandboxConfig, PodSandboxMetadata,
+    ListPodSandboxRequest, NamespaceMode, PodSandbox, PodSandboxConfig, PodSandboxMetadata,
 };
+use tonic::transport::Channel;
 
-use super::{
-    ContainerParams, PodProcesses, Runtime, RuntimeRun, Shared, conflist, drive, host, pull,
-};
+use super::endpoint::{Endpoint, EndpointSpec};
+use super::{PodProcesses, Runtime, Shared, conflist, host, pull};
 use crate::bench::containerd::{self, Containerd, PodSettings};
 use crate::config::NetSlot;
 use crate::{Crius, Options, client, namespaces, procfs};
 
-pub(super) async fn run_crius(
-    shared: &Shared,
-    params: &ContainerParams,
-) -> anyhow::Result<RuntimeRun> {
+/// A runtime the benchmark started (or an endpoint it was pointed at), with what was made for it.
+/// [`Instance::finish`] checks what it left, stops it, removes what was made for it, and checks again.
+pub(crate) enum Instance {
+    Crius(Box<Crius>, Channel),
+    Containerd(Box<ContainerdSetup>),
+    Endpoint(Box<Endpoint>),
+}
+
+impl Instance {
+    /// Starts `runtime` on fresh private directories with the bridge CNI, and pulls the images into it (not
+    /// timed).
+    pub(crate) async fn start(shared: &Shared, runtime: Runtime) -> anyhow::Result<Instance> {
+        let instance = match runtime {
+            Runtime::Crius => start_crius(shared).await,
+            Runtime::Containerd => start_containerd(shared).await,
+        };
+        instance.with_context(|| format!("cannot start {}", runtime.name()))
+    }
+
+    /// Connects to an endpoint the benchmark did not start (see [`Endpoint`]).
+    pub(crate) async fn endpoint(shared: &Shared, spec: &EndpointSpec) -> anyhow::Result<Instance> {
+        Ok(Instance::Endpoint(Box::new(
+            Endpoint::connect(shared, spec).await?,
+        )))
+    }
+
+    pub(crate) fn side(&self) -> Side<'_> {
+        match self {
+            Instance::Crius(c, _) => Side::Crius(c),
+            Instance::Containerd(s) => Side::Containerd(s),
+            Instance::Endpoint(e) => Side::Endpoint(e),
+        }
+    }
+
+    pub(crate) fn channel(&self) -> Channel {
+        match self {
+            Instance::Crius(_, channel) => channel.clone(),
+            Instance::Containerd(s) => s.c.channel(),
+            Instance::Endpoint(e) => e.channel(),
+        }
+    }
+
+    /// containerd's log, for an error's context (crius prints its own when a test panics; an endpoint's is
+    /// not ours).
+    pub(crate) fn log(&self) -> String {
+        match self {
+            Instance::Containerd(s) => format!("containerd log:\n{}", s.c.log()),
+            Instance::Crius(..) | Instance::Endpoint(_) => String::new(),
+        }
+    }
+
+    /// Once every pod is removed: what the runtime still lists or left (processes, mounts, cgroups, network),
+    /// then stops it and removes what was made for it, then which of the `recorded` pids (its per-pod
+    /// processes and containers, seen during the run) are still alive and whether its bridge is left.
+    pub(crate) async fn finish(self, recorded: &[i32]) -> Vec<String> {
+        let bridge = self.side().bridge().to_string();
+        let mut problems = match self {
+            Instance::Crius(c, channel) => {
+                let leaks = c.leaks().await;
+                drop(channel);
+                drop(c);
+                leaks
+            }
+            Instance::Containerd(setup) => finish_containerd(*setup, recorded).await,
+            Instance::Endpoint(e) => e.finish(recorded).await,
+        };
+        problems.extend(gone(recorded, &bridge));
+        problems
+    }
+}
+
+async fn start_crius(shared: &Shared) -> anyhow::Result<Instance> {
     let opts = Options::new().set("log_level", "\"warn\"").conflist(
         "10-bench.conflist",
         &conflist(
@@ -35,17 +104,12 @@ pub(super) async fn run_crius(
     let crius = Crius::try_start(opts).await?;
     let channel = client::connect(&crius.paths().socket).await?;
     pull(channel.clone(), &shared.image).await?;
-    let side = Side::Crius(&crius);
-    let mut run = drive(&side, channel, shared, params).await?;
-    run.problems.extend(crius.leaks().await);
-    drop(crius);
-    run.problems.extend(gone(&run));
-    Ok(run)
+    Ok(Instance::Crius(Box::new(crius), channel))
 }
 
 /// containerd and what it was given, torn down in field order: containerd (with its shims and mounts), then
 /// the cgroups (killing whatever is still in them), the bridge, the IPAM dir, the network slot.
-pub(super) struct ContainerdSetup {
+pub(crate) struct ContainerdSetup {
     c: Containerd,
     pods_cg: host::CgroupDirs,
     shim_cg: host::CgroupDirs,
@@ -64,10 +128,7 @@ impl Drop for Bridge {
     }
 }
 
-pub(super) async fn run_containerd(
-    shared: &Shared,
-    params: &ContainerParams,
-) -> anyhow::Result<RuntimeRun> {
+async fn start_containerd(shared: &Shared) -> anyhow::Result<Instance> {
     if !containerd::available() {
         bail!(
             "{} is missing (apt-get install containerd runc)",
@@ -116,12 +177,13 @@ pub(super) async fn run_containerd(
     };
     let channel = setup.c.channel();
     pull(channel.clone(), &shared.pause_image).await?;
-    pull(channel.clone(), &shared.image).await?;
-    let side = Side::Containerd(&setup);
-    let mut run = drive(&side, channel, shared, params)
-        .await
-        .with_context(|| format!("containerd log:\n{}", setup.c.log()))?;
-    run.problems.extend(containerd_leaks(&setup, &run).await);
+    pull(channel, &shared.image).await?;
+    Ok(Instance::Containerd(Box::new(setup)))
+}
+
+/// What containerd left, then containerd stopped and the cgroups, bridge and IPAM dir made for it removed.
+async fn finish_containerd(setup: ContainerdSetup, recorded: &[i32]) -> Vec<String> {
+    let mut problems = containerd_leaks(&setup, recorded).await;
     let ContainerdSetup {
         c,
         mut pods_cg,
@@ -132,53 +194,42 @@ pub(super) async fn run_containerd(
     } = setup;
     drop(c);
     for d in pods_cg.remove().into_iter().chain(shim_cg.remove()) {
-        run.problems
-            .push(format!("cannot remove cgroup {}", d.display()));
+        problems.push(format!("cannot remove cgroup {}", d.display()));
     }
     drop(bridge);
     drop(ipam);
-    run.problems.extend(gone(&run));
-    Ok(run)
+    problems
 }
 
-/// What is still there once the runtime is gone: recorded per-pod pids alive, its bridge.
-fn gone(run: &RuntimeRun) -> Vec<String> {
-    let mut left: Vec<String> = run
-        .pods
+/// The command names a pod's processes have (`containerd-shim-runc-v2` is cut to 15 bytes; the workload and
+/// containerd's sandbox are busybox `sleep`s).
+const POD_COMMS: &[&str] = &["crius-pause", "crius-monitor", "containerd-shim", "sleep"];
+
+/// What is still there once the runtime is gone: recorded pids alive, its bridge (if it had one of ours). A
+/// recorded pid counts only while it is still a pod's kind of process: pids are reused (by another runtime's
+/// threads, say, when runtimes run side by side).
+fn gone(recorded: &[i32], bridge: &str) -> Vec<String> {
+    let mut left: Vec<String> = recorded
         .iter()
-        .flat_map(|p| {
-            [p.pause.pid, p.helper.pid]
-                .into_iter()
-                .chain(p.container_pids.clone())
-        })
+        .copied()
         .filter(|&pid| procfs::is_alive(pid))
-        .map(|pid| {
-            let comm = procfs::stat(pid).map(|s| s.comm).unwrap_or_default();
-            format!("process {pid} ({comm}) still alive")
+        .filter_map(|pid| {
+            let comm = procfs::stat(pid)?.comm;
+            POD_COMMS
+                .contains(&comm.as_str())
+                .then(|| format!("process {pid} ({comm}) still alive"))
         })
         .collect();
-    if std::path::Path::new("/sys/class/net")
-        .join(&run.bridge)
-        .exists()
-    {
-        left.push(format!("bridge {} left", run.bridge));
+    if !bridge.is_empty() && std::path::Path::new("/sys/class/net").join(bridge).exists() {
+        left.push(format!("bridge {bridge} left"));
     }
     left
 }
 
 /// What containerd left once every pod was removed (it still runs).
-async fn containerd_leaks(s: &ContainerdSetup, run: &RuntimeRun) -> Vec<String> {
-    let mut leaks = Vec::new();
+async fn containerd_leaks(s: &ContainerdSetup, recorded: &[i32]) -> Vec<String> {
     let mut rt = client::runtime(s.c.channel());
-    match rt.list_pod_sandbox(ListPodSandboxRequest::default()).await {
-        Ok(r) => leaks.extend(
-            r.into_inner()
-                .items
-                .iter()
-                .map(|p| format!("pod {} still listed", p.id)),
-        ),
-        Err(e) => leaks.push(format!("ListPodSandbox failed: {e}")),
-    }
+    let mut leaks = listed_pods(&mut rt, |_| true).await;
     match rt.list_containers(ListContainersRequest::default()).await {
         Ok(r) => leaks.extend(
             r.into_inner()
@@ -193,43 +244,18 @@ async fn containerd_leaks(s: &ContainerdSetup, run: &RuntimeRun) -> Vec<String> 
     while !s.c.shims().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let recorded: Vec<i32> = run
-        .pods
-        .iter()
-        .flat_map(|p| {
-            [p.pause.pid, p.helper.pid]
-                .into_iter()
-                .chain(p.container_pids.clone())
-        })
-        .collect();
-    containerd::reap(&recorded);
+    containerd::reap(recorded);
     leaks.extend(
         s.c.shims()
             .iter()
             .map(|(pid, id)| format!("shim {pid} (pod {id}) still alive")),
     );
-    leaks.extend(
-        s.pods_cg
-            .procs()
-            .iter()
-            .map(|pid| format!("process {pid} still in the pods' cgroup")),
-    );
+    leaks.extend(pods_cgroup_leaks(&s.pods_cg));
     leaks.extend(
         s.shim_cg
             .procs()
             .iter()
             .map(|pid| format!("process {pid} still in the shims' cgroup")),
-    );
-    // Below `/<parent>/pod<uid>` runc made one cgroup per container and must have removed it; the pod level
-    // is kubelet's to remove (here: ours, once containerd is gone).
-    let depth = |p: &PathBuf| p.components().count();
-    let base = s.pods_cg.tree().iter().map(depth).min().unwrap_or(0);
-    leaks.extend(
-        s.pods_cg
-            .tree()
-            .iter()
-            .filter(|d| depth(d) >= base + 2)
-            .map(|d| format!("container cgroup left: {}", d.display())),
     );
     leaks.extend(
         procfs::mounts_under(s.c.dir())
@@ -259,71 +285,130 @@ async fn containerd_leaks(s: &ContainerdSetup, run: &RuntimeRun) -> Vec<String> 
     leaks
 }
 
+/// The pods ListPodSandbox still lists that `ours` says are ours, one line each.
+pub(super) async fn listed_pods(
+    rt: &mut RuntimeServiceClient<Channel>,
+    ours: impl Fn(&PodSandbox) -> bool,
+) -> Vec<String> {
+    match rt.list_pod_sandbox(ListPodSandboxRequest::default()).await {
+        Ok(r) => r
+            .into_inner()
+            .items
+            .iter()
+            .filter(|p| ours(p))
+            .map(|p| format!("pod {} still listed", p.id))
+            .collect(),
+        Err(e) => vec![format!("ListPodSandbox failed: {e}")],
+    }
+}
+
+/// What is left in the pods' cgroup parent made for runc (containerd's, an endpoint's) once every pod is
+/// removed: processes, and the container cgroups runc made below `<parent>/pod<uid>` and must have removed
+/// (the pod level is kubelet's to remove: here ours, with the parent).
+pub(super) fn pods_cgroup_leaks(pods_cg: &host::CgroupDirs) -> Vec<String> {
+    let mut leaks: Vec<String> = pods_cg
+        .procs()
+        .iter()
+        .map(|pid| format!("process {pid} still in the pods' cgroup"))
+        .collect();
+    let depth = |p: &PathBuf| p.components().count();
+    let tree = pods_cg.tree();
+    let base = tree.iter().map(depth).min().unwrap_or(0);
+    leaks.extend(
+        tree.iter()
+            .filter(|d| depth(d) >= base + 2)
+            .map(|d| format!("container cgroup left: {}", d.display())),
+    );
+    leaks
+}
+
 /// The parts of a run that differ between the runtimes.
-pub(super) enum Side<'a> {
+pub(crate) enum Side<'a> {
     Crius(&'a Crius),
     Containerd(&'a ContainerdSetup),
+    Endpoint(&'a Endpoint),
 }
 
 impl Side<'_> {
-    pub(super) fn runtime(&self) -> Runtime {
+    /// Which runtime the benchmark started; `None` for an endpoint.
+    pub(crate) fn runtime(&self) -> Option<Runtime> {
         match self {
-            Side::Crius(_) => Runtime::Crius,
-            Side::Containerd(_) => Runtime::Containerd,
+            Side::Crius(_) => Some(Runtime::Crius),
+            Side::Containerd(_) => Some(Runtime::Containerd),
+            Side::Endpoint(_) => None,
         }
     }
 
-    pub(super) fn bridge(&self) -> &str {
+    /// The name in the report: the runtime's, or the one given with `--endpoint NAME=...`.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Side::Crius(_) => Runtime::Crius.name(),
+            Side::Containerd(_) => Runtime::Containerd.name(),
+            Side::Endpoint(e) => &e.spec.name,
+        }
+    }
+
+    /// What the per-pod process next to the pause is called in the report.
+    pub(crate) fn helper_name(&self) -> &'static str {
+        match self {
+            Side::Crius(_) => Runtime::Crius.helper(),
+            Side::Containerd(_) => Runtime::Containerd.helper(),
+            Side::Endpoint(_) => "helper",
+        }
+    }
+
+    /// Whether the runtime's per-pod processes can be found ([`Side::helper`]): not for an endpoint.
+    pub(crate) fn knows_pod_processes(&self) -> bool {
+        self.runtime().is_some()
+    }
+
+    /// The bridge its pods are on; empty for an endpoint (its network is its own).
+    pub(crate) fn bridge(&self) -> &str {
         match self {
             Side::Crius(c) => c.bridge(),
             Side::Containerd(s) => &s.bridge.0,
+            Side::Endpoint(_) => "",
         }
     }
 
-    pub(super) fn daemon_pid(&self) -> anyhow::Result<i32> {
+    /// The daemon (crius serve, containerd; an endpoint's when given `--pid`).
+    pub(crate) fn daemon_pid(&self) -> Option<i32> {
         match self {
-            Side::Crius(c) => c.pid().context("crius is not running"),
-            Side::Containerd(s) => s.c.pid().context("containerd is not running"),
+            Side::Crius(c) => c.pid(),
+            Side::Containerd(s) => s.c.pid(),
+            Side::Endpoint(e) => e.spec.pid,
+        }
+    }
+
+    /// The workload image, as this runtime can pull it.
+    pub(crate) fn image<'s>(&'s self, shared: &'s Shared) -> &'s str {
+        match self {
+            Side::Crius(_) | Side::Containerd(_) => &shared.image,
+            Side::Endpoint(e) => e.image(),
         }
     }
 
     /// A pod config as kubelet sends it: namespaces network POD, pid CONTAINER, ipc POD, an absolute
-    /// cgroup_parent (crius: under its instance's parent; containerd: under the dirs made for it).
-    pub(super) fn pod_config(&self, i: usize) -> PodSandboxConfig {
+    /// cgroup_parent (crius: under its instance's parent; containerd and an endpoint: under the dirs made for
+    /// it).
+    pub(crate) fn pod_config(&self, i: usize) -> PodSandboxConfig {
         let name = format!("bench{i}");
+        let uid = format!("{:x}b{i:05}", std::process::id());
         match self {
             Side::Crius(c) => c.pod_config(&name),
-            Side::Containerd(s) => {
-                let uid = format!("{:x}b{i:05}", std::process::id());
-                PodSandboxConfig {
-                    metadata: Some(PodSandboxMetadata {
-                        name: name.clone(),
-                        uid: uid.clone(),
-                        namespace: "bench".into(),
-                        attempt: 0,
-                    }),
-                    hostname: name,
-                    log_directory: s.c.dir().join("logs").join(&uid).display().to_string(),
-                    linux: Some(LinuxPodSandboxConfig {
-                        cgroup_parent: format!("{}/pod{uid}", s.pods_cg.path),
-                        security_context: Some(LinuxSandboxSecurityContext {
-                            namespace_options: Some(namespaces(
-                                NamespaceMode::Pod,
-                                NamespaceMode::Container,
-                                NamespaceMode::Pod,
-                            )),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }
-            }
+            Side::Containerd(s) => kubelet_pod_config(
+                &name,
+                "bench",
+                &uid,
+                &s.c.dir().join("logs").join(&uid),
+                &format!("{}/pod{uid}", s.pods_cg.path),
+            ),
+            Side::Endpoint(e) => e.pod_config(&name, &uid),
         }
     }
 
     /// The pod's monitor (crius) or shim (containerd), after checking that `pause` is the pause process.
-    pub(super) fn helper(&self, pod_id: &str, pause: i32) -> anyhow::Result<i32> {
+    pub(crate) fn helper(&self, pod_id: &str, pause: i32) -> anyhow::Result<i32> {
         match self {
             Side::Crius(c) => {
                 if procfs::exe(pause).as_deref() != Some(c.pause_binary()) {
@@ -349,12 +434,16 @@ impl Side<'_> {
                 }
                 Ok(shim)
             }
+            Side::Endpoint(e) => bail!(
+                "pod {pod_id}: the per-pod processes of endpoint {} are not known",
+                e.spec.name
+            ),
         }
     }
 
     /// The placement rules (containerd): the shim in its own memory cgroup, the pause and the container in
     /// every hierarchy (v1 and v2) below the pods' parent, none of them in (or below) this process' own cgroups.
-    pub(super) fn cgroup_problems(&self, shared: &Shared, p: &PodProcesses) -> Vec<String> {
+    pub(crate) fn cgroup_problems(&self, shared: &Shared, p: &PodProcesses) -> Vec<String> {
         let Side::Containerd(s) = self else {
             return Vec::new();
         };
@@ -391,10 +480,11 @@ impl Side<'_> {
     }
 
     /// Which cgroup dirs the pods made, per hierarchy (for the report).
-    pub(super) fn cgroup_summary(&self, shared: &Shared) -> Vec<String> {
+    pub(crate) fn cgroup_summary(&self, shared: &Shared) -> Vec<String> {
         let prefix = match self {
             Side::Crius(c) => c.cgroup_parent().trim_start_matches('/').to_string(),
             Side::Containerd(s) => s.pods_cg.path.trim_start_matches('/').to_string(),
+            Side::Endpoint(e) => e.cgroup_parent().trim_start_matches('/').to_string(),
         };
         shared
             .hierarchies
@@ -405,5 +495,39 @@ impl Side<'_> {
                 (n > 0).then(|| format!("{}: {n} dirs at and below /{prefix}", h.name))
             })
             .collect()
+    }
+}
+
+/// The pod config kubelet sends (cgroupfs driver): `cgroup_parent` absolute, namespaces network POD, pid
+/// CONTAINER, ipc POD.
+pub(super) fn kubelet_pod_config(
+    name: &str,
+    namespace: &str,
+    uid: &str,
+    log_directory: &Path,
+    cgroup_parent: &str,
+) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.to_string(),
+            uid: uid.to_string(),
+            namespace: namespace.to_string(),
+            attempt: 0,
+        }),
+        hostname: name.to_string(),
+        log_directory: log_directory.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.to_string(),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(namespaces(
+                    NamespaceMode::Pod,
+                    NamespaceMode::Container,
+                    NamespaceMode::Pod,
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
