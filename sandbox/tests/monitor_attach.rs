@@ -5,142 +5,45 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crius_sandbox::container::Rootfs;
-use crius_sandbox::monitor::{
-    ContainerState, FRAME_HEADER, Frame, Request, Response, Status, short_socket_path,
-};
+use common::{Fixture, Io, NO_STDIN};
+use crius_sandbox::monitor::{FRAME_HEADER, Frame, Request, Response, Status};
 use serde_json::{Value, json};
 
-const BUSYBOX: &str = "/bin/busybox";
 /// How long any one read from the monitor may take before the test fails.
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests create namespaces, mounts and cgroups: run them as root"
-    );
-    assert!(
-        Path::new(BUSYBOX).is_file(),
-        "{BUSYBOX} is missing: apt-get install busybox-static"
-    );
-}
-
-/// A busybox layer and a running monitor; dropped: monitor shut down and reaped, dir gone.
-struct Fixture {
-    dir: tempfile::TempDir,
-    monitor: Option<Child>,
-}
-
-/// How a container's stdio is set up.
-#[derive(Clone, Copy)]
-struct Io {
-    stdin: bool,
-    stdin_once: bool,
-    tty: bool,
-}
-
-const NO_STDIN: Io = Io {
-    stdin: false,
-    stdin_once: false,
-    tty: false,
-};
 const STDIN: Io = Io {
     stdin: true,
     stdin_once: false,
     tty: false,
 };
 
-impl Fixture {
-    fn new() -> Fixture {
-        require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("crius-attach-test-")
-            .tempdir()
-            .unwrap();
-        let layer = dir.path().join("layer");
-        for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
-            std::fs::create_dir_all(layer.join(d)).unwrap();
-        }
-        std::fs::copy(BUSYBOX, layer.join("bin/busybox")).unwrap();
-        for applet in ["sh", "echo", "cat", "sleep", "true", "stty", "seq"] {
-            std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
-        }
-        std::fs::write(layer.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        let pod = dir.path().join("pod");
-        std::fs::create_dir_all(&pod).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_crius-monitor"))
-            .arg("--dir")
-            .arg(&pod)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.path().join("monitor.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "monitor did not start");
-        Fixture {
-            dir,
-            monitor: Some(child),
-        }
-    }
+fn fixture() -> Fixture {
+    Fixture::new(
+        "crius-attach-test-",
+        &["sh", "echo", "cat", "sleep", "true", "stty", "seq"],
+    )
+}
 
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
+/// The attach tests' own calls on the shared monitor fixture.
+trait AttachFixture {
+    fn create(&self, id: &str, args: &[&str], io: Io);
+    fn start(&self, id: &str);
+    fn run(&self, id: &str, args: &[&str], io: Io);
+    fn wait_logged(&self, id: &str, content: &str);
+    fn attach(&self, id: &str, stdin: bool) -> Result<Session, String>;
+}
 
-    fn connect(&self) -> UnixStream {
-        let (_d, short) = short_socket_path(&self.path("pod"), "monitor.sock").unwrap();
-        UnixStream::connect(short).unwrap()
-    }
-
-    fn call(&self, req: &Request) -> Response {
-        let mut s = self.connect();
-        let mut line = serde_json::to_string(req).unwrap();
-        line.push('\n');
-        s.write_all(line.as_bytes()).unwrap();
-        let mut out = String::new();
-        BufReader::new(&s).read_line(&mut out).unwrap();
-        serde_json::from_str(&out).unwrap()
-    }
-
+impl AttachFixture for Fixture {
     /// Creates container `id` running `args` (not started).
     fn create(&self, id: &str, args: &[&str], io: Io) {
-        let bundle = self.path(&format!("c-{id}"));
-        for d in ["rootfs", "upper", "work"] {
-            std::fs::create_dir_all(bundle.join(d)).unwrap();
-        }
-        let mut spec = spec(args);
-        spec["root"] = json!({"path": bundle.join("rootfs")});
-        spec["process"]["terminal"] = json!(io.tty);
-        std::fs::write(
-            bundle.join("config.json"),
-            serde_json::to_vec(&spec).unwrap(),
-        )
-        .unwrap();
-        let created = self.call(&Request::Create {
-            id: id.into(),
-            bundle: bundle.clone(),
-            rootfs: Rootfs {
-                lower: vec![self.path("layer")],
-                upper: bundle.join("upper"),
-                work: bundle.join("work"),
-            },
-            cgroup_dir: None,
-            log_path: Some(self.path(&format!("{id}.log"))),
-            stdin: io.stdin,
-            stdin_once: io.stdin_once,
-            tty: io.tty,
-        });
+        let created = self.create_with(id, spec(args), io);
         assert!(
             matches!(created, Response::Created { .. }),
             "create {id}: {created:?}"
@@ -155,41 +58,6 @@ impl Fixture {
     fn run(&self, id: &str, args: &[&str], io: Io) {
         self.create(id, args, io);
         self.start(id);
-    }
-
-    fn state(&self, id: &str) -> ContainerState {
-        match self.call(&Request::State) {
-            Response::State { containers } => containers.into_iter().find(|c| c.id == id).unwrap(),
-            other => panic!("State: {other:?}"),
-        }
-    }
-
-    fn wait_exited(&self, id: &str) -> ContainerState {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = self.state(id);
-            if s.status == Status::Exited {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "{id} did not exit: {s:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The CRI log's records as (stream, tag, content).
-    fn log(&self, id: &str) -> Vec<(String, String, String)> {
-        let text = std::fs::read_to_string(self.path(&format!("{id}.log"))).unwrap_or_default();
-        text.lines()
-            .map(|l| {
-                let mut parts = l.splitn(4, ' ');
-                let _ts = parts.next().unwrap();
-                (
-                    parts.next().unwrap().to_string(),
-                    parts.next().unwrap().to_string(),
-                    parts.next().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
     }
 
     /// Waits until the log holds a record of `content`.
@@ -227,34 +95,6 @@ impl Fixture {
             }),
             Response::Error { message } => Err(message),
             other => panic!("attach answered {other:?}"),
-        }
-    }
-
-    fn monitor_log(&self) -> String {
-        std::fs::read_to_string(self.path("monitor.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(mut m) = self.monitor.take() {
-            let _ = short_socket_path(&self.path("pod"), "monitor.sock")
-                .and_then(|(_d, p)| UnixStream::connect(p))
-                .and_then(|mut s| {
-                    s.write_all(b"{\"op\":\"shutdown\"}\n")?;
-                    let mut out = String::new();
-                    BufReader::new(&s).read_line(&mut out)?;
-                    Ok(())
-                });
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while m.try_wait().unwrap().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = m.kill();
-            let _ = m.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- monitor log ---\n{}", self.monitor_log());
         }
     }
 }
@@ -383,7 +223,7 @@ fn spec(args: &[&str]) -> Value {
 
 #[test]
 fn a_shell_gets_stdin_and_its_stdout_and_stderr_come_back_apart() {
-    let f = Fixture::new();
+    let f = fixture();
     f.run("sh", &["sh", "-c", "echo before; exec sh"], STDIN);
     f.wait_logged("sh", "before");
     let mut s = f.attach("sh", true).unwrap();
@@ -415,7 +255,7 @@ fn a_shell_gets_stdin_and_its_stdout_and_stderr_come_back_apart() {
 
 #[test]
 fn output_written_before_the_exit_is_all_delivered_before_the_exit_frame() {
-    let f = Fixture::new();
+    let f = fixture();
     // Attached before the start: the session sees everything, more than a pipe holds.
     f.create("seq", &["sh", "-c", "seq 1 20000; exit 5"], NO_STDIN);
     let mut s = f.attach("seq", false).unwrap();
@@ -433,7 +273,7 @@ fn output_written_before_the_exit_is_all_delivered_before_the_exit_frame() {
 
 #[test]
 fn with_stdin_once_the_end_of_the_session_stdin_is_the_container_eof() {
-    let f = Fixture::new();
+    let f = fixture();
     let once = Io {
         stdin: true,
         stdin_once: true,
@@ -459,7 +299,7 @@ fn with_stdin_once_the_end_of_the_session_stdin_is_the_container_eof() {
 
 #[test]
 fn without_stdin_once_a_second_session_can_still_write() {
-    let f = Fixture::new();
+    let f = fixture();
     f.run("cat", &["cat"], STDIN);
     let mut first = f.attach("cat", true).unwrap();
     first.stdin("one\n");
@@ -483,7 +323,7 @@ fn without_stdin_once_a_second_session_can_still_write() {
 
 #[test]
 fn a_terminal_is_resized_and_its_output_is_one_stream() {
-    let f = Fixture::new();
+    let f = fixture();
     let tty = Io {
         stdin: true,
         stdin_once: false,
@@ -515,7 +355,7 @@ fn a_terminal_is_resized_and_its_output_is_one_stream() {
 
 #[test]
 fn every_session_gets_all_output_and_any_may_write() {
-    let f = Fixture::new();
+    let f = fixture();
     let script = "while read l; do echo \"got $l\"; done";
     f.run("multi", &["sh", "-c", script], STDIN);
     let mut a = f.attach("multi", true).unwrap();
@@ -551,7 +391,7 @@ fn every_session_gets_all_output_and_any_may_write() {
 #[test]
 fn a_client_that_never_reads_is_dropped_and_the_log_gets_everything() {
     const LINES: usize = 1_000_000;
-    let f = Fixture::new();
+    let f = fixture();
     // About 6.9 MB, well past the monitor's 4 MiB backlog and the socket's own buffer.
     f.create("flood", &["sh", "-c", &format!("seq 1 {LINES}")], NO_STDIN);
     // This one never reads until the end; the other reads as it goes.
@@ -586,7 +426,7 @@ fn a_client_that_never_reads_is_dropped_and_the_log_gets_everything() {
 
 #[test]
 fn attaching_to_an_unknown_or_exited_container_or_to_absent_stdin_is_an_error() {
-    let f = Fixture::new();
+    let f = fixture();
     let err = f.attach("nope", false).err().unwrap();
     assert!(err.contains("no container nope"), "{err}");
     f.run("done", &["true"], NO_STDIN);

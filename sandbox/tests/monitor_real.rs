@@ -5,152 +5,35 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Fixture, NO_STDIN};
 use crius_sandbox::container::Rootfs;
-use crius_sandbox::monitor::{ContainerState, Request, Response, Status};
+use crius_sandbox::monitor::{Request, Response, Status};
 use serde_json::{Value, json};
 
-const BUSYBOX: &str = "/bin/busybox";
-
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests create namespaces, mounts and cgroups: run them as root"
-    );
-    assert!(
-        Path::new(BUSYBOX).is_file(),
-        "{BUSYBOX} is missing: apt-get install busybox-static"
-    );
-}
-
-/// A busybox image layer, a bundle dir, and a running monitor; dropped: monitor shut down and reaped, dir gone.
-struct Fixture {
-    dir: tempfile::TempDir,
-    monitor: Option<Child>,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("crius-monitor-test-")
-            .tempdir()
-            .unwrap();
-        let layer = dir.path().join("layer");
-        for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
-            std::fs::create_dir_all(layer.join(d)).unwrap();
-        }
-        std::fs::copy(BUSYBOX, layer.join("bin/busybox")).unwrap();
-        for applet in [
+fn fixture() -> Fixture {
+    Fixture::new(
+        "crius-monitor-test-",
+        &[
             "sh", "echo", "cat", "sleep", "ls", "id", "grep", "stat", "test", "touch", "mkdir",
-        ] {
-            std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
-        }
-        std::fs::write(layer.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        let pod = dir.path().join("pod");
-        std::fs::create_dir_all(&pod).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_crius-monitor"))
-            .arg("--dir")
-            .arg(&pod)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.path().join("monitor.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "monitor did not start");
-        Fixture {
-            dir,
-            monitor: Some(child),
-        }
-    }
+        ],
+    )
+}
 
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
+/// The monitor tests' own calls on the shared fixture.
+trait MonitorFixture {
+    fn create(&self, id: &str, spec: Value) -> Response;
+    fn log_lines(&self, id: &str, n: usize) -> Vec<(String, String, String)>;
+}
 
-    fn call(&self, req: &Request) -> Response {
-        let (_d, short) =
-            crius_sandbox::monitor::short_socket_path(&self.path("pod"), "monitor.sock").unwrap();
-        let mut s = UnixStream::connect(short).unwrap();
-        let mut line = serde_json::to_string(req).unwrap();
-        line.push('\n');
-        s.write_all(line.as_bytes()).unwrap();
-        let mut out = String::new();
-        BufReader::new(&s).read_line(&mut out).unwrap();
-        serde_json::from_str(&out).unwrap()
-    }
-
-    /// Writes `<bundle>/config.json` for `args` and creates the container.
+impl MonitorFixture for Fixture {
+    /// Writes `<bundle>/config.json` for `spec` and creates the container (no stdin, no tty).
     fn create(&self, id: &str, spec: Value) -> Response {
-        let bundle = self.path(&format!("c-{id}"));
-        for d in ["rootfs", "upper", "work"] {
-            std::fs::create_dir_all(bundle.join(d)).unwrap();
-        }
-        let mut spec = spec;
-        spec["root"] = json!({"path": bundle.join("rootfs")});
-        std::fs::write(
-            bundle.join("config.json"),
-            serde_json::to_vec(&spec).unwrap(),
-        )
-        .unwrap();
-        self.call(&Request::Create {
-            id: id.into(),
-            bundle: bundle.clone(),
-            rootfs: Rootfs {
-                lower: vec![self.path("layer")],
-                upper: bundle.join("upper"),
-                work: bundle.join("work"),
-            },
-            cgroup_dir: None,
-            log_path: Some(self.path(&format!("{id}.log"))),
-            stdin: false,
-            stdin_once: false,
-            tty: false,
-        })
-    }
-
-    fn state(&self, id: &str) -> ContainerState {
-        match self.call(&Request::State) {
-            Response::State { containers } => containers.into_iter().find(|c| c.id == id).unwrap(),
-            other => panic!("State: {other:?}"),
-        }
-    }
-
-    fn wait_exited(&self, id: &str) -> ContainerState {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = self.state(id);
-            if s.status == Status::Exited {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "{id} did not exit: {s:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The CRI log's records as (stream, tag, content).
-    fn log(&self, id: &str) -> Vec<(String, String, String)> {
-        let text = std::fs::read_to_string(self.path(&format!("{id}.log"))).unwrap_or_default();
-        text.lines()
-            .map(|l| {
-                let mut parts = l.splitn(4, ' ');
-                let _ts = parts.next().unwrap();
-                (
-                    parts.next().unwrap().to_string(),
-                    parts.next().unwrap().to_string(),
-                    parts.next().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
+        self.create_with(id, spec, NO_STDIN)
     }
 
     /// Waits until the log holds `n` records (the monitor drains the pipes after the exit).
@@ -162,35 +45,6 @@ impl Fixture {
                 return l;
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(mut m) = self.monitor.take() {
-            let short =
-                crius_sandbox::monitor::short_socket_path(&self.path("pod"), "monitor.sock");
-            let _ = short
-                .and_then(|(_d, p)| UnixStream::connect(p))
-                .and_then(|mut s| {
-                    s.write_all(b"{\"op\":\"shutdown\"}\n")?;
-                    let mut out = String::new();
-                    BufReader::new(&s).read_line(&mut out)?;
-                    Ok(())
-                });
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while m.try_wait().unwrap().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = m.kill();
-            let _ = m.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "--- monitor log ---\n{}",
-                std::fs::read_to_string(self.path("monitor.log")).unwrap_or_default()
-            );
         }
     }
 }
@@ -231,7 +85,7 @@ fn spec(args: &[&str]) -> Value {
 
 #[test]
 fn a_container_runs_logs_and_its_exit_is_recorded() {
-    let f = Fixture::new();
+    let f = fixture();
     let script = "echo hello; echo oops >&2; echo $GREETING; pwd; echo pid $$; exit 3";
     let created = f.create("c1", spec(&["sh", "-c", script]));
     let Response::Created { pid } = created else {
@@ -268,7 +122,7 @@ fn a_container_runs_logs_and_its_exit_is_recorded() {
 
 #[test]
 fn the_container_sees_its_own_root_masks_and_capabilities() {
-    let f = Fixture::new();
+    let f = fixture();
     let script = "cat /proc/kcore | wc -c 2>/dev/null; \
         if touch /proc/sys/kernel/x 2>/dev/null; then echo sys-writable; else echo sys-ro; fi; \
         grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; \
@@ -310,7 +164,7 @@ fn the_container_sees_its_own_root_masks_and_capabilities() {
 
 #[test]
 fn a_missing_command_fails_start_and_shows_exited() {
-    let f = Fixture::new();
+    let f = fixture();
     assert!(matches!(
         f.create("c3", spec(&["no-such-command"])),
         Response::Created { .. }
@@ -329,7 +183,7 @@ fn a_missing_command_fails_start_and_shows_exited() {
 
 #[test]
 fn a_signal_ends_a_running_container_and_forget_removes_it() {
-    let f = Fixture::new();
+    let f = fixture();
     assert!(matches!(
         f.create("c4", spec(&["sleep", "100"])),
         Response::Created { .. }
@@ -355,7 +209,7 @@ fn a_signal_ends_a_running_container_and_forget_removes_it() {
 
 #[test]
 fn a_bad_spec_is_an_error_and_leaves_no_process() {
-    let f = Fixture::new();
+    let f = fixture();
     let mut s = spec(&["true"]);
     s["mounts"] = json!([{"destination": "/x", "type": "bind", "source": "/nonexistent/source", "options": ["rbind"]}]);
     match f.create("c5", s) {
@@ -369,7 +223,7 @@ fn a_bad_spec_is_an_error_and_leaves_no_process() {
         other => panic!("{other:?}"),
     }
     // No child of the monitor is left (the init was killed and reaped).
-    let monitor = f.monitor.as_ref().unwrap().id();
+    let monitor = f.monitor_pid();
     let children =
         std::fs::read_to_string(format!("/proc/{monitor}/task/{monitor}/children")).unwrap();
     assert!(children.trim().is_empty(), "children left: {children}");
@@ -377,7 +231,7 @@ fn a_bad_spec_is_an_error_and_leaves_no_process() {
 
 #[test]
 fn a_seccomp_profile_in_the_spec_is_enforced() {
-    let f = Fixture::new();
+    let f = fixture();
     let mut s = spec(&[
         "sh",
         "-c",
@@ -401,7 +255,7 @@ fn a_seccomp_profile_in_the_spec_is_enforced() {
 
 #[test]
 fn the_init_joins_its_cgroup_and_sees_it_as_its_root() {
-    let f = Fixture::new();
+    let f = fixture();
     let mount = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
         .into_iter()
         .map(Path::new)
